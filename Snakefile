@@ -1,0 +1,28 @@
+# cambench: which Class Activation Map to trust, for your model and data.
+#   snakemake --cores all                      the embedded default (synthetic stand-in, no download)
+#   snakemake --cores all --configfile X.yaml  your data / models / methods
+#   snakemake --report results/report.html     the report, after a run
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "reports/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/heatmaps.smk"
+include: "rules/metrics.smk"
+include: "rules/stats.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,121 @@
+# Config validation, names, wildcard constraints and input functions shared by every stage.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+try:
+    from cambench.config import ConfigError, check_config, load_schema, schema_errors
+    from cambench.perturbations import perturbations as registered_perturbations
+except ImportError as err:
+    raise WorkflowError(
+        f"cannot import the cambench library ({err}); install it first: pip install -e ."
+    ) from None
+
+SCHEMA = str(Path(workflow.basedir) / "config" / "schema.yaml")
+
+# Validate before any job: schema (with defaults filled in), then what a schema cannot express.
+try:
+    validate(config, SCHEMA)
+except WorkflowError:
+    errors = schema_errors(config, load_schema(SCHEMA)) or ["does not match config/schema.yaml"]
+    raise WorkflowError(f"invalid config: {errors[0]}") from None
+try:
+    check_config(config, workdir=".")
+except ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
+DATASETS = config["datasets"]
+MODELS = config["models"]
+NAME = "[A-Za-z0-9][A-Za-z0-9_-]*"
+
+
+wildcard_constraints:
+    dataset=NAME,
+    model=NAME,
+    perturbation="|".join(registered_perturbations()),
+    level=r"\d[\w.-]*",
+
+
+def level_label(level):
+    """Path form of a severity: shortest repr, no trailing '.0' (0.05 -> '0.05', 1.0 -> '1')."""
+    text = repr(float(level))
+    return text[:-2] if text.endswith(".0") else text
+
+
+# (kind, level) pairs of the sweep, clean images first; LEVELS maps path labels back to numbers.
+SWEEP = [("none", 0.0)] + [
+    (kind, float(level)) for kind, levels in config["perturbations"].items() for level in levels
+]
+LEVELS = {(kind, level_label(level)): level for kind, level in SWEEP}
+
+
+def level_of(wildcards):
+    try:
+        return LEVELS[(wildcards.perturbation, wildcards.level)]
+    except KeyError:
+        raise WorkflowError(
+            f"perturbation {wildcards.perturbation}~{wildcards.level} is not in the config's sweep"
+        ) from None
+
+
+def model_pairs():
+    return [(spec["dataset"], name) for name, spec in MODELS.items()]
+
+
+def dataset_source(wildcards):
+    """Folder the dataset is prepared from: the generated stand-in or the configured root."""
+    spec = DATASETS[wildcards.dataset]
+    return f"resources/{wildcards.dataset}" if spec["standin"] else spec["root"]
+
+
+def image_root(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    return f"resources/{wildcards.dataset}/images" if spec["standin"] else spec["root"]
+
+
+def mask_root(wildcards):
+    spec = DATASETS[wildcards.dataset]
+    return f"resources/{wildcards.dataset}/masks" if spec["standin"] else spec["mask_root"]
+
+
+def model_spec(wildcards):
+    spec = MODELS[wildcards.model]
+    if spec["dataset"] != wildcards.dataset:
+        raise WorkflowError(f"model '{wildcards.model}' belongs to dataset '{spec['dataset']}'")
+    return spec
+
+
+def heatmap_files(dataset, model):
+    return [
+        f"results/{dataset}/{model}/heatmaps/{kind}~{level_label(level)}.h5"
+        for kind, level in SWEEP
+    ]
+
+
+def metric_files():
+    return [
+        f"results/{d}/{m}/metrics/{kind}~{level_label(level)}.parquet"
+        for d, m in model_pairs()
+        for kind, level in SWEEP
+    ]
+
+
+def gallery_files():
+    return [
+        f"results/{d}/{m}/figures/gallery_{kind}~{level_label(level)}.png"
+        for d, m in model_pairs()
+        for kind, level in SWEEP
+    ]
+
+
+def all_outputs():
+    return [
+        "results/metrics.parquet",
+        "results/tables/metric_summary.csv",
+        "results/tables/friedman.csv",
+        "results/tables/models.csv",
+        "results/figures/metric_distributions.png",
+        *gallery_files(),
+        *[f for d, m in model_pairs() for f in heatmap_files(d, m)],
+    ]

@@ -1,0 +1,36 @@
+# Data: a synthetic stand-in (no download) or the user's class-folder image set -> dataset HDF5.
+
+
+rule generate_standin:
+    output:
+        directory("resources/{dataset}"),
+    params:
+        spec=lambda w: DATASETS[w.dataset]["standin"],
+        seed=config["seed"],
+    log:
+        "results/logs/generate_standin/{dataset}.log",
+    benchmark:
+        "results/benchmarks/generate_standin/{dataset}.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/generate_standin.py"
+
+
+rule prepare_dataset:
+    input:
+        source=dataset_source,
+    output:
+        "results/{dataset}/dataset.h5",
+    params:
+        root=image_root,
+        mask_root=mask_root,
+        channels=lambda w: DATASETS[w.dataset]["channels"],
+    log:
+        "results/logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/prepare_dataset.py"

@@ -1,0 +1,58 @@
+# Metrics: one tidy table per (perturbation, level), then one table for the whole run.
+
+
+rule metrics:
+    input:
+        dataset="results/{dataset}/dataset.h5",
+        model="results/{dataset}/{model}/model.pt",
+        heatmaps="results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
+        clean="results/{dataset}/{model}/heatmaps/none~0.h5",
+    output:
+        "results/{dataset}/{model}/metrics/{perturbation}~{level}.parquet",
+    params:
+        level=level_of,
+        metrics=config["metrics"]["compute"],
+        score=config["metrics"]["score"],
+        memory_mb=config["metrics"]["memory_mb"],
+        split=config["cam"]["split"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 2
+    log:
+        "results/logs/metrics/{dataset}/{model}/{perturbation}~{level}.log",
+    benchmark:
+        "results/benchmarks/metrics/{dataset}/{model}/{perturbation}~{level}.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/metrics.py"
+
+
+rule aggregate_metrics:
+    input:
+        metric_files(),
+    output:
+        parquet="results/metrics.parquet",
+        csv=report(
+            "results/metrics.csv",
+            caption="../reports/metrics_table.rst",
+            category="Tables",
+            labels={"table": "metrics (per image)"},
+        ),
+        summary=report(
+            "results/tables/metric_summary.csv",
+            caption="../reports/metric_summary.rst",
+            category="Tables",
+            labels={"table": "metric summary"},
+        ),
+    params:
+        bootstrap=config["stats"]["bootstrap"],
+        seed=config["seed"],
+    log:
+        "results/logs/aggregate_metrics.log",
+    benchmark:
+        "results/benchmarks/aggregate_metrics.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/aggregate_metrics.py"

@@ -1,0 +1,41 @@
+# Models: train on the dataset's train split; record accuracy on the evaluation split.
+
+
+rule train_model:
+    input:
+        dataset="results/{dataset}/dataset.h5",
+    output:
+        model="results/{dataset}/{model}/model.pt",
+        metrics="results/{dataset}/{model}/train.json",
+    params:
+        spec=model_spec,
+        eval_split=config["cam"]["split"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 4
+    log:
+        "results/logs/train_model/{dataset}/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{dataset}/{model}.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/train_model.py"
+
+
+rule models_table:
+    input:
+        unpack(lambda w: {m: f"results/{d}/{m}/train.json" for d, m in model_pairs()}),
+    output:
+        report(
+            "results/tables/models.csv",
+            caption="../reports/models.rst",
+            category="Models",
+            labels={"table": "accuracy"},
+        ),
+    log:
+        "results/logs/models_table.log",
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/models_table.py"

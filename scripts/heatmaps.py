@@ -1,0 +1,12 @@
+"""All CAM methods for one (perturbation, level) -> heatmap HDF5 (rule heatmaps)."""
+from cambench.pipeline import compute_heatmaps
+from cambench.scripting import logged
+
+sm = snakemake  # noqa: F821
+p = sm.params
+with logged(sm):
+    compute_heatmaps(sm.input.dataset, sm.input.model, sm.output[0], perturbation=sm.wildcards.perturbation,
+                     level=p.level, methods=p.methods, target_layer=p.target_layer, split=p.split,
+                     class_source=p.class_source, batch_size=p.batch_size, dtype=p.dtype, seed=p.seed,
+                     device=p.device, names={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model},
+                     config=sm.config)

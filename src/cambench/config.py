@@ -1,0 +1,175 @@
+"""Configuration: JSON-schema validation with one-line messages naming the key, and the checks a
+schema cannot express (registered names, parameters, cross-references, paths).
+
+The workflow validates with ``snakemake.utils.validate`` (which also fills the schema defaults) and
+then calls :func:`check_config`; :func:`validate_config` does both without Snakemake.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .engine import METHODS
+from .metrics import METRICS
+from .models import ARCHITECTURES
+from .perturbations import PERTURBATIONS
+
+# Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
+LEVEL_LIMITS = {"gaussian": 1.0}
+# Metrics that need something only some datasets/runs have.
+NEEDS_MASKS = {"pointing_game"}
+NEEDS_PERTURBATION = {"consistency"}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key."""
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def describe_error(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    v, schema = error.validator, error.schema
+    if v == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"config key '{key}': unknown key(s) {extra}; allowed: {', '.join(allowed)}"
+    if v == "enum":
+        return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {schema['enum']}"
+    if v == "type":
+        return f"config key '{key}': expected {schema['type']}, got {error.instance!r}"
+    if v == "propertyNames":
+        return (f"config key '{key}': name {error.instance!r} is not allowed; names must match "
+                f"{schema['propertyNames']['pattern']} (they become file names)")
+    if v in ("minProperties", "minItems"):
+        return f"config key '{key}': must not be empty"
+    if v == "required":
+        return f"config key '{key}': {error.message}"
+    return f"config key '{key}': {error.message}"
+
+
+def schema_errors(config: dict, schema: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.validator))
+    # propertyNames errors point at the parent; report the offending name itself.
+    return [describe_error(e) for e in errors]
+
+
+def _fill_defaults(config: dict, schema: dict) -> None:
+    """Set schema defaults recursively (what snakemake.utils.validate(set_default=True) does)."""
+    props = schema.get("properties", {})
+    for key, sub in props.items():
+        if key not in config and "default" in sub:
+            config[key] = _copy(sub["default"])
+        if isinstance(config.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(config[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("type") == "object":
+        for key, value in config.items():
+            if key not in props and isinstance(value, dict):
+                _fill_defaults(value, extra)
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+def validate_config(config: dict, schema_path: str | Path, workdir: str | Path = ".") -> dict:
+    """Schema validation + defaults + :func:`check_config`; raises ConfigError naming the key."""
+    schema = load_schema(schema_path)
+    errors = schema_errors(config, schema)
+    if errors:
+        raise ConfigError(errors[0] + (f"  (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+    _fill_defaults(config, schema)
+    check_config(config, workdir)
+    return config
+
+
+def _check_params(registry, spec: dict, key: str) -> None:
+    for name, params in spec.items():
+        if name not in registry:
+            raise ConfigError(f"config key '{key}.{name}': unknown {registry.kind} '{name}'; "
+                              f"registered: {', '.join(registry.names())}")
+        try:
+            registry.get(name).check_params(params or {})
+        except ValueError as err:
+            raise ConfigError(f"config key '{key}.{name}': {err}") from None
+
+
+def check_config(config: dict, workdir: str | Path = ".") -> None:
+    """Checks beyond the schema. Runs before any job, so every message names the config key."""
+    workdir = Path(workdir)
+    datasets, models = config["datasets"], config["models"]
+    if not datasets:
+        raise ConfigError("config key 'datasets': must not be empty")
+    if not models:
+        raise ConfigError("config key 'models': must not be empty")
+    for name, ds in datasets.items():
+        key = f"datasets.{name}"
+        if ds.get("standin"):
+            if ds.get("root") or ds.get("mask_root"):
+                raise ConfigError(f"config key '{key}': give either 'standin' (generated into "
+                                  f"resources/{name}/) or 'root'/'mask_root', not both")
+            counts = ds["standin"].get("counts", {})
+            if not counts:
+                raise ConfigError(f"config key '{key}.standin.counts': must not be empty")
+        else:
+            if not ds.get("root"):
+                raise ConfigError(f"config key '{key}.root': required when no 'standin' is given "
+                                  f"(a folder laid out as <root>/<split>/<class>/<image file>)")
+            for sub in ("root", "mask_root"):
+                if ds.get(sub) and not (workdir / ds[sub]).is_dir():
+                    raise ConfigError(f"config key '{key}.{sub}': folder not found: {ds[sub]} "
+                                      f"(expected layout <root>/<split>/<class>/<image file>)")
+            root = workdir / ds["root"]
+            split = config["cam"]["split"]
+            if not (root / split).is_dir():
+                raise ConfigError(f"config key '{key}.root': no '{split}' split folder (cam.split) in "
+                                  f"{ds['root']}; found: {sorted(p.name for p in root.iterdir() if p.is_dir())}")
+    for name, model in models.items():
+        key = f"models.{name}"
+        if model["dataset"] not in datasets:
+            raise ConfigError(f"config key '{key}.dataset': unknown dataset '{model['dataset']}'; "
+                              f"defined: {', '.join(datasets)}")
+        if model["architecture"] not in ARCHITECTURES:
+            raise ConfigError(f"config key '{key}.architecture': unknown architecture "
+                              f"'{model['architecture']}'; registered: {', '.join(ARCHITECTURES.names())}")
+        try:
+            ARCHITECTURES.get(model["architecture"]).check_params(model.get("params") or {})
+        except ValueError as err:
+            raise ConfigError(f"config key '{key}.params': {err}") from None
+        standin_split = datasets[model["dataset"]].get("standin", {}).get("counts", {})
+        if standin_split and config["cam"]["split"] not in standin_split:
+            raise ConfigError(f"config key 'cam.split': split '{config['cam']['split']}' is not generated "
+                              f"by datasets.{model['dataset']}.standin.counts ({', '.join(standin_split)})")
+        if standin_split and "train" not in standin_split:
+            raise ConfigError(f"config key 'datasets.{model['dataset']}.standin.counts': a 'train' split "
+                              f"is needed to train model '{name}'")
+    _check_params(METHODS, config["cam"]["methods"], "cam.methods")
+    kinds = {k: v for k, v in config["perturbations"].items()}
+    _check_params(PERTURBATIONS, {k: {} for k in kinds}, "perturbations")
+    for kind, levels in kinds.items():
+        if kind == "none":
+            raise ConfigError("config key 'perturbations.none': the clean images are always included; remove it")
+        limit = LEVEL_LIMITS.get(kind, math.inf)
+        bad = [lv for lv in levels if not 0 < lv <= limit]
+        if bad:
+            raise ConfigError(f"config key 'perturbations.{kind}': levels {bad} out of range (0, {limit}]")
+    metrics = config["metrics"]["compute"]
+    _check_params(METRICS, metrics, "metrics.compute")
+    for name, params in metrics.items():
+        if (params or {}).get("score"):
+            raise ConfigError(f"config key 'metrics.compute.{name}.score': set the score once in 'metrics.score'")
+    if NEEDS_PERTURBATION & set(metrics) and not kinds:
+        raise ConfigError(f"config key 'metrics.compute': {sorted(NEEDS_PERTURBATION & set(metrics))} "
+                          f"need a perturbation sweep, but 'perturbations' is empty")

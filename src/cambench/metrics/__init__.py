@@ -1,0 +1,108 @@
+"""Metrics: each a registered function of a :class:`MetricInputs` batch returning per-image values.
+
+A metric returns ``values`` (N,) or ``(values, applies)``; ``applies`` marks the images the metric
+is defined for (e.g. consistency only where the prediction did not change). :func:`evaluate`
+returns NaN for the others; the tidy tables leave those rows out instead of writing NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+from ..utils import eval_mode
+
+METRICS = Registry("metric")
+register_metric = METRICS.register
+
+SCORES = ("prob", "logit")
+
+
+@dataclass
+class MetricInputs:
+    images: Tensor                          # (N, C, *S) pixel space [0, 1]
+    heatmaps: Tensor                        # (N, *S) in [0, 1]
+    targets: Tensor                         # (N,) class the heatmap explains
+    model: nn.Module | None = None
+    masks: Tensor | None = None             # (N, *S) bool ground-truth object masks
+    reference: Tensor | None = None         # (N, *S) heatmaps of the unperturbed images
+    predictions: Tensor | None = None       # (N,) predictions on these images
+    reference_predictions: Tensor | None = None  # (N,) predictions on the unperturbed images
+    fill: Tensor | None = None              # (C,) pixel value used to remove pixels (dataset mean)
+    memory_mb: float = 256.0                # budget for batched model evaluations
+
+    def require(self, *names: str, metric: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"metric '{metric}' needs {', '.join(missing)}")
+
+
+def model_scores(model: nn.Module, images: Tensor, targets: Tensor, score: str) -> Tensor:
+    """Target scores (N,) of a batch: softmax probability or logit."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    logits = model(images)
+    if score == "prob":
+        logits = logits.softmax(dim=1)
+    return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def chunk_size(per_item_bytes: int, memory_mb: float) -> int:
+    return max(1, int(memory_mb * 2**20 // max(per_item_bytes, 1)))
+
+
+def evaluate_applies(model: nn.Module | None, images: Tensor, heatmaps: Tensor, metric: str,
+                     targets: Tensor | None = None, **params) -> tuple[Tensor, Tensor]:
+    """Per-image values (N,) and a bool mask (N,) of the images the metric applies to."""
+    entry = METRICS.get(metric)
+    fields = {k: params.pop(k) for k in list(params) if k in MetricInputs.__dataclass_fields__}
+    entry.check_params(params)
+    if images.shape[0] != heatmaps.shape[0] or images.shape[2:] != heatmaps.shape[1:]:
+        raise ValueError(f"heatmaps {tuple(heatmaps.shape)} do not match images {tuple(images.shape)}")
+    predictions = fields.pop("predictions", None)
+    if (targets is None or predictions is None) and model is not None:
+        with torch.no_grad(), eval_mode(model):
+            preds = _batched_predictions(model, images, fields.get("memory_mb", 256.0))
+        predictions = preds if predictions is None else predictions
+        targets = preds if targets is None else targets
+    if targets is None:
+        raise ValueError(f"metric '{metric}': give targets or a model")
+    targets = torch.as_tensor(targets, device=images.device).long()
+    if targets.shape != (images.shape[0],):
+        raise ValueError(f"got {targets.numel()} targets for {images.shape[0]} images")
+    inputs = MetricInputs(images, heatmaps, targets, model=model, predictions=predictions, **fields)
+    with torch.no_grad(), eval_mode(model):
+        out = entry.fn(inputs, **params)
+    values, applies = out if isinstance(out, tuple) else (out, None)
+    if applies is None:
+        applies = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+    return values, applies
+
+
+def evaluate(model: nn.Module | None, images: Tensor, heatmaps: Tensor, metric: str,
+             targets: Tensor | None = None, **params) -> Tensor:
+    """Per-image metric values (N,); NaN where the metric does not apply to an image.
+
+    ``targets`` default to the model's predictions. Inputs the metric needs beyond the images and
+    heatmaps (``masks``, ``reference``, ``reference_predictions``, ``fill``) go in ``params``.
+    """
+    values, applies = evaluate_applies(model, images, heatmaps, metric, targets, **params)
+    return values.masked_fill(~applies, math.nan)
+
+
+def _batched_predictions(model: nn.Module, images: Tensor, memory_mb: float) -> Tensor:
+    step = chunk_size(images[0].numel() * images.element_size() * 4, memory_mb)
+    return torch.cat([model(images[i:i + step]).argmax(1) for i in range(0, images.shape[0], step)])
+
+
+def metrics() -> list[str]:
+    """Names of the registered metrics."""
+    return METRICS.names()
+
+
+from . import faithfulness, localisation, robustness  # noqa: E402,F401  (registration)
+
+__all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores"]

@@ -1,0 +1,153 @@
+"""Models: architectures by name, checkpoints loaded safely, and a small trainer.
+
+Every model takes pixel-space images in [0, 1] and normalises them itself (its first module), so
+perturbations and metric substrates are defined in pixel space for every model alike.
+
+Checkpoints are plain dicts of tensors and primitives, loaded with ``torch.load(weights_only=True)``
+(no arbitrary unpickling).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+from ..utils import atomic_path
+
+ARCHITECTURES = Registry("architecture")
+log = logging.getLogger(__name__)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; mean and std are buffers, saved with the weights."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                                     bn=nn.BatchNorm2d(c_out), relu=nn.ReLU(inplace=True)))
+
+
+@ARCHITECTURES.register("small_cnn", default_target_layer="features.block4",
+                        summary="4 conv blocks, 2 max-pools, global average pooling + linear (a CAM-able head)")
+def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
+              std: list[float] | None = None, widths: list[int] = (16, 32, 64, 64)) -> nn.Module:
+    w1, w2, w3, w4 = widths
+    return nn.Sequential(OrderedDict(
+        normalize=Normalize(mean or [0.5] * in_channels, std or [0.25] * in_channels),
+        features=nn.Sequential(OrderedDict(
+            block1=_block(in_channels, w1), pool1=nn.MaxPool2d(2),
+            block2=_block(w1, w2), pool2=nn.MaxPool2d(2),
+            block3=_block(w2, w3), block4=_block(w3, w4))),
+        pool=nn.AdaptiveAvgPool2d(1),
+        flatten=nn.Flatten(),
+        fc=nn.Linear(w4, n_classes),
+    ))
+
+
+def build_model(architecture: str, **params) -> nn.Module:
+    entry = ARCHITECTURES.get(architecture)
+    entry.check_params({k: v for k, v in params.items() if k not in ("n_classes",)})
+    return entry.fn(**params)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, architecture: str, params: dict,
+                    extra: dict | None = None) -> None:
+    payload = {"format": "cambench-checkpoint-1", "architecture": architecture,
+               "params": _plain(params), "state_dict": model.state_dict(), **_plain(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _plain(obj):
+    """Python builtins only (NumPy scalars and tuples would not load with weights_only=True)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        return obj.item()
+    return obj
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a cambench checkpoint; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a corrupt file or one that needs unsafe unpickling
+        lines = [ln for ln in str(err).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln),
+                      lines[0] if lines else type(err).__name__)
+        raise ValueError(f"{path}: cannot load checkpoint with weights_only=True: {reason.strip()}") from None
+    if not isinstance(payload, dict) or payload.get("format") != "cambench-checkpoint-1":
+        raise ValueError(f"{path}: not a cambench checkpoint (expected a dict with format 'cambench-checkpoint-1')")
+    model = build_model(payload["architecture"], **payload["params"])
+    result = model.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(f"{path}: weights do not match architecture '{payload['architecture']}': "
+                         f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    return model.to(map_location), payload
+
+
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(labels), batch_size):
+            correct += (model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum()
+    return float(correct) / max(len(labels), 1)
+
+
+def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, batch_size: int,
+                     lr: float, weight_decay: float, seed: int, progress=None) -> list[dict]:
+    """Adam with a cosine schedule and random flips; returns per-epoch loss and train accuracy.
+
+    ``images`` are float pixels on the training device. Deterministic for a given seed on CPU.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(labels) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    loss_fn = nn.CrossEntropyLoss()
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(labels), generator=gen).to(images.device)
+        total, correct, start = 0.0, 0, time.perf_counter()
+        for i in range(0, len(labels), batch_size):
+            idx = order[i:i + batch_size]
+            x, y = images[idx], labels[idx]
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        history.append({"epoch": epoch + 1, "loss": total / len(labels), "train_accuracy": correct / len(labels),
+                        "seconds": time.perf_counter() - start})
+        log.info("epoch %d/%d loss %.4f train acc %.4f", epoch + 1, epochs, history[-1]["loss"],
+                 history[-1]["train_accuracy"])
+        if progress is not None:
+            progress.update(1)
+    return history

@@ -1,0 +1,275 @@
+"""Workflow stages as plain functions: each script in ``scripts/`` calls exactly one of them.
+
+All of them take paths and plain parameters (no Snakemake objects), so they are importable and
+tested without Snakemake.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .data import generate_shapes, prepare_image_folder, read_dataset
+from .engine import explain_many
+from .metrics import METRICS, evaluate_applies
+from .models import ARCHITECTURES, accuracy, build_model, load_checkpoint, save_checkpoint, train_classifier
+from .perturbations import perturb
+from .provenance import provenance
+from .store import HeatmapWriter, read_heatmaps
+from .utils import atomic_path, pick_device
+
+log = logging.getLogger("cambench")
+
+METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
+                  "prediction", "metric", "value", "score", "params"]
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    # Logs are files: update rarely, no carriage-return animation noise.
+    return tqdm(total=total, desc=desc, mininterval=5.0, ascii=True)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+
+def generate_standin(output_dir: str | Path, spec: dict, seed: int) -> dict:
+    """Write the synthetic class-folder image set to <output_dir>/images and <output_dir>/masks."""
+    out = Path(output_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    n = generate_shapes(tmp / "images", tmp / "masks", counts=spec["counts"], classes=spec["classes"],
+                        image_size=spec["image_size"], clutter=spec["clutter"], noise=spec["noise"], seed=seed)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("wrote %d stand-in images to %s", n, out)
+    return {"images": n}
+
+
+def prepare_dataset(root: str | Path, output: str | Path, mask_root: str | Path | None, channels: int,
+                    config: dict | None = None) -> dict:
+    summary = prepare_image_folder(root, output, mask_root=mask_root or None, channels=channels,
+                                   attrs={"provenance": _json(provenance(config))})
+    log.info("prepared %s: %s", output, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+def train_model(dataset_path: str | Path, output_model: str | Path, output_metrics: str | Path, *,
+                architecture: str, params: dict, train: dict, seed: int, device: str = "auto",
+                eval_split: str = "test", config: dict | None = None) -> dict:
+    dev = pick_device(device)
+    train_set = read_dataset(dataset_path, "train")
+    test_set = read_dataset(dataset_path, eval_split)
+    arch_params = {"n_classes": len(train_set.class_names), "in_channels": int(train_set.images.shape[1]),
+                   "mean": train_set.mean, "std": train_set.std, **params}
+    torch.manual_seed(seed)
+    model = build_model(architecture, **arch_params).to(dev)
+    x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
+    start = time.perf_counter()
+    with _progress(train["epochs"], "train epochs") as bar:
+        history = train_classifier(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
+                                   lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar)
+    seconds = time.perf_counter() - start
+    test_acc = accuracy(model, test_set.pixels(slice(None), dev), torch.from_numpy(test_set.labels).to(dev))
+    result = {"architecture": architecture, "params": {k: v for k, v in params.items()},
+              "train_accuracy": accuracy(model, x, y), "test_accuracy": test_acc, "eval_split": eval_split,
+              "n_train": len(train_set), "n_test": len(test_set), "chance": 1 / len(train_set.class_names),
+              "train_seconds": seconds, "history": history,
+              "provenance": provenance(config, [dataset_path], seed, dev)}
+    log.info("test accuracy %.4f (train %.4f) in %.1fs", test_acc, result["train_accuracy"], seconds)
+    minimum = train.get("min_test_accuracy", 0.0)
+    if test_acc < minimum:
+        raise RuntimeError(f"test accuracy {test_acc:.4f} is below models.*.train.min_test_accuracy={minimum}")
+    save_checkpoint(output_model, model.cpu(), architecture, arch_params,
+                    extra={"class_names": train_set.class_names, "test_accuracy": test_acc})
+    with atomic_path(output_metrics) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def _load_model(model_path: str | Path, dev: torch.device):
+    model, payload = load_checkpoint(model_path, map_location=dev)
+    return model.eval(), payload
+
+
+def default_target_layer(architecture: str) -> str:
+    return ARCHITECTURES.get(architecture).meta["default_target_layer"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Heatmaps
+# ------------------------------------------------------------------------------------------------
+
+def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: int, dev) -> torch.Tensor:
+    keys = torch.from_numpy(ds.keys[index].astype(np.int64)).to(dev)
+    return perturb(ds.pixels(index, dev), perturbation, level, seed=seed, keys=keys)
+
+
+def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: str | Path, *,
+                     perturbation: str, level: float, methods: dict, target_layer: str, split: str,
+                     class_source: str, batch_size: int, dtype: str, seed: int, device: str = "auto",
+                     names: dict | None = None, config: dict | None = None) -> None:
+    """All methods for one (perturbation, level): one forward + backward per batch serves them all."""
+    dev = pick_device(device)
+    ds = read_dataset(dataset_path, split)
+    model, payload = _load_model(model_path, dev)
+    layer = target_layer or default_target_layer(payload["architecture"])
+    methods = {m: dict(p or {}) for m, p in methods.items()}
+    attrs = {"provenance": _json(provenance(config, [dataset_path, model_path], seed, dev)),
+             "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
+             "class_source": class_source, **(names or {})}
+    n = len(ds)
+    with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
+            _progress(n, f"heatmaps {perturbation}~{level}") as bar:
+        for start in range(0, n, batch_size):
+            index = slice(start, min(start + batch_size, n))
+            images = perturbed_pixels(ds, index, perturbation, level, seed, dev)
+            targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
+            writer.write(start, explain_many(model, images, methods, layer, targets))
+            bar.update(index.stop - index.start)
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------------
+
+def metric_params(name: str, params: dict | None, score: str) -> dict:
+    """Config parameters plus the global score for metrics that read one, with defaults filled in."""
+    entry = METRICS.get(name)
+    full = {**entry.parameters(), **(params or {})}
+    if "score" in full:
+        full["score"] = score
+    return full
+
+
+def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_path: str | Path,
+                    clean_heatmaps_path: str | Path, output: str | Path, *, metrics: dict, score: str,
+                    memory_mb: float, perturbation: str, level: float, split: str, seed: int,
+                    dataset: str, model: str, device: str = "auto") -> pd.DataFrame:
+    """Tidy table: one row per image × method × metric for this (perturbation, level).
+
+    A metric that does not apply to an image (no mask, prediction changed, the clean level for a
+    robustness metric) produces no row, never a NaN.
+    """
+    dev = pick_device(device)
+    ds = read_dataset(dataset_path, split)
+    net, _ = _load_model(model_path, dev)
+    hm = read_heatmaps(heatmaps_path)
+    clean = read_heatmaps(clean_heatmaps_path) if perturbation != "none" else None
+    for other in filter(None, [hm, clean]):
+        if not np.array_equal(other.ids, ds.ids):
+            raise ValueError(f"{heatmaps_path}: image ids do not match the '{split}' split of {dataset_path}")
+    images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev)
+    masks = torch.from_numpy(ds.masks).to(dev) if ds.masks is not None else None
+    fill = images.new_tensor(ds.mean)
+    targets = torch.from_numpy(hm.targets).to(dev)
+    predictions = torch.from_numpy(hm.predictions).to(dev)
+    frames = []
+    with _progress(len(hm.maps) * len(metrics), f"metrics {perturbation}~{level}") as bar:
+        for method, maps in hm.maps.items():
+            heat = torch.from_numpy(maps).to(dev)
+            for name, params in metrics.items():
+                entry = METRICS.get(name)
+                needs = set(entry.meta.get("needs", ()))
+                if ("masks" in needs and masks is None) or ("reference" in needs and clean is None):
+                    bar.update(1)
+                    continue  # absent by design: this metric cannot apply here
+                full = metric_params(name, params, score)
+                extra = {"masks": masks, "fill": fill, "memory_mb": memory_mb, "predictions": predictions}
+                if clean is not None:
+                    extra.update(reference=torch.from_numpy(clean.maps[method]).to(dev),
+                                 reference_predictions=torch.from_numpy(clean.predictions).to(dev))
+                values, applies = evaluate_applies(net, images, heat, name, targets=targets, **extra, **full)
+                keep = applies.cpu().numpy()
+                vals = values.cpu().numpy()[keep]
+                if not np.isfinite(vals).all():
+                    raise FloatingPointError(f"metric '{name}' produced non-finite values for method '{method}'")
+                frames.append(pd.DataFrame({
+                    "dataset": dataset, "model": model, "method": method, "perturbation": perturbation,
+                    "level": float(level), "image_id": ds.ids[keep], "label": ds.labels[keep],
+                    "target": hm.targets[keep], "prediction": hm.predictions[keep], "metric": name,
+                    "value": vals.astype(np.float64), "score": full.get("score", ""),
+                    "params": _json({k: v for k, v in full.items() if k != "score"}),
+                }))
+                bar.update(1)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    with atomic_path(output) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation
+# ------------------------------------------------------------------------------------------------
+
+def bootstrap_mean_ci(values: np.ndarray, classes: np.ndarray | None, n_boot: int, rng: np.random.Generator,
+                      level: float = 0.95) -> tuple[float, float, float]:
+    """Point estimate and percentile bootstrap CI of the mean (or of the mean of class means)."""
+    n = len(values)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    if classes is None:
+        point, boots = values.mean(), values[idx].mean(axis=1)
+    else:
+        uniq, inv = np.unique(classes, return_inverse=True)
+        onehot = np.eye(len(uniq))[inv]                       # (n, C)
+        point = np.mean([values[inv == c].mean() for c in range(len(uniq))])
+        counts = onehot[idx].sum(axis=1)                      # (B, C)
+        sums = (values[:, None] * onehot)[idx].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots = np.nanmean(np.where(counts > 0, sums / counts, np.nan), axis=1)
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
+    return float(point), float(lo), float(hi)
+
+
+def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, output_csv: str | Path,
+                      output_summary: str | Path, n_boot: int, seed: int) -> pd.DataFrame:
+    table = pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True)
+    for path, write in ((output_parquet, lambda t, p: t.to_parquet(p, index=False)),
+                        (output_csv, lambda t, p: t.to_csv(p, index=False))):
+        with atomic_path(path) as tmp:
+            write(table, tmp)
+    rng = np.random.default_rng(seed)
+    rows = []
+    keys = ["dataset", "model", "method", "perturbation", "level", "metric"]
+    for key, group in table.groupby(keys, sort=True):
+        entry = METRICS.get(key[-1])
+        class_mean = entry.meta.get("aggregate") == "class_mean"
+        point, lo, hi = bootstrap_mean_ci(group["value"].to_numpy(), group["label"].to_numpy() if class_mean else None,
+                                          n_boot, rng)
+        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group),
+                         aggregate="class_mean" if class_mean else "mean",
+                         higher_is_better=entry.meta.get("higher_is_better"), score=group["score"].iloc[0]))
+    summary = pd.DataFrame(rows)
+    with atomic_path(output_summary) as tmp:
+        summary.to_csv(tmp, index=False, float_format="%.6g")
+    return summary
+
+
+def models_table(train_jsons: dict[str, str], output: str | Path) -> pd.DataFrame:
+    rows = []
+    for name, path in train_jsons.items():
+        info = json.loads(Path(path).read_text())
+        rows.append({"model": name, "architecture": info["architecture"], "train_accuracy": info["train_accuracy"],
+                     "test_accuracy": info["test_accuracy"], "chance": info["chance"], "n_train": info["n_train"],
+                     "n_test": info["n_test"], "epochs": len(info["history"]),
+                     "train_seconds": round(info["train_seconds"], 1)})
+    table = pd.DataFrame(rows)
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    return table
+
