@@ -5,7 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 try:
-    from cambench.config import ConfigError, check_config, load_schema, schema_errors
+    from cambench.config import ConfigError, check_config, is_standin, load_schema, schema_errors
     from cambench.perturbations import perturbations as registered_perturbations
 except ImportError as err:
     raise WorkflowError(
@@ -66,17 +66,17 @@ def model_pairs():
 def dataset_source(wildcards):
     """Folder the dataset is prepared from: the generated stand-in or the configured root."""
     spec = DATASETS[wildcards.dataset]
-    return f"resources/{wildcards.dataset}" if spec["standin"] else spec["root"]
+    return f"resources/{wildcards.dataset}" if is_standin(spec) else spec["root"]
 
 
 def image_root(wildcards):
     spec = DATASETS[wildcards.dataset]
-    return f"resources/{wildcards.dataset}/images" if spec["standin"] else spec["root"]
+    return f"resources/{wildcards.dataset}/images" if is_standin(spec) else spec["root"]
 
 
 def mask_root(wildcards):
     spec = DATASETS[wildcards.dataset]
-    return f"resources/{wildcards.dataset}/masks" if spec["standin"] else spec["mask_root"]
+    return f"resources/{wildcards.dataset}/masks" if is_standin(spec) else spec["mask_root"]
 
 
 def model_spec(wildcards):

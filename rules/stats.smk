@@ -11,6 +11,8 @@ rule statistics:
             category="Statistical tests",
             labels={"table": "Friedman across methods"},
         ),
+    params:
+        alpha=config["stats"]["alpha"],
     log:
         "results/logs/statistics.log",
     benchmark:

@@ -4,4 +4,4 @@ from cambench.stats import run_statistics
 
 sm = snakemake  # noqa: F821
 with logged(sm):
-    run_statistics(sm.input[0], sm.output[0])
+    run_statistics(sm.input[0], sm.output[0], alpha=sm.params.alpha)

@@ -48,9 +48,9 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {schema['enum']}"
     if v == "type":
         return f"config key '{key}': expected {schema['type']}, got {error.instance!r}"
-    if v == "propertyNames":
+    if "propertyNames" in error.relative_schema_path or "propertyNames" in error.schema_path:
         return (f"config key '{key}': name {error.instance!r} is not allowed; names must match "
-                f"{schema['propertyNames']['pattern']} (they become file names)")
+                f"{schema.get('pattern', schema)} (they become file names)")
     if v in ("minProperties", "minItems"):
         return f"config key '{key}': must not be empty"
     if v == "required":
@@ -71,13 +71,18 @@ def _fill_defaults(config: dict, schema: dict) -> None:
     for key, sub in props.items():
         if key not in config and "default" in sub:
             config[key] = _copy(sub["default"])
-        if isinstance(config.get(key), dict) and sub.get("type") == "object":
+        if isinstance(config.get(key), dict) and "object" in _types(sub):
             _fill_defaults(config[key], sub)
     extra = schema.get("additionalProperties")
-    if isinstance(extra, dict) and extra.get("type") == "object":
+    if isinstance(extra, dict) and "object" in _types(extra):
         for key, value in config.items():
             if key not in props and isinstance(value, dict):
                 _fill_defaults(value, extra)
+
+
+def _types(schema: dict) -> list:
+    t = schema.get("type", [])
+    return t if isinstance(t, list) else [t]
 
 
 def _copy(value):
@@ -106,6 +111,10 @@ def _check_params(registry, spec: dict, key: str) -> None:
             raise ConfigError(f"config key '{key}.{name}': {err}") from None
 
 
+def is_standin(dataset: dict) -> bool:
+    return dataset.get("standin", {}).get("kind", "none") != "none"
+
+
 def check_config(config: dict, workdir: str | Path = ".") -> None:
     """Checks beyond the schema. Runs before any job, so every message names the config key."""
     workdir = Path(workdir)
@@ -116,7 +125,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         raise ConfigError("config key 'models': must not be empty")
     for name, ds in datasets.items():
         key = f"datasets.{name}"
-        if ds.get("standin"):
+        if is_standin(ds):
             if ds.get("root") or ds.get("mask_root"):
                 raise ConfigError(f"config key '{key}': give either 'standin' (generated into "
                                   f"resources/{name}/) or 'root'/'mask_root', not both")
@@ -125,7 +134,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
                 raise ConfigError(f"config key '{key}.standin.counts': must not be empty")
         else:
             if not ds.get("root"):
-                raise ConfigError(f"config key '{key}.root': required when no 'standin' is given "
+                raise ConfigError(f"config key '{key}.root': required unless a stand-in is generated (standin.kind) "
                                   f"(a folder laid out as <root>/<split>/<class>/<image file>)")
             for sub in ("root", "mask_root"):
                 if ds.get(sub) and not (workdir / ds[sub]).is_dir():
@@ -148,7 +157,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
             ARCHITECTURES.get(model["architecture"]).check_params(model.get("params") or {})
         except ValueError as err:
             raise ConfigError(f"config key '{key}.params': {err}") from None
-        standin_split = datasets[model["dataset"]].get("standin", {}).get("counts", {})
+        standin_split = datasets[model["dataset"]]["standin"]["counts"] if is_standin(datasets[model["dataset"]]) else {}
         if standin_split and config["cam"]["split"] not in standin_split:
             raise ConfigError(f"config key 'cam.split': split '{config['cam']['split']}' is not generated "
                               f"by datasets.{model['dataset']}.standin.counts ({', '.join(standin_split)})")

@@ -12,7 +12,7 @@ from .utils import atomic_path
 
 BLOCK_KEYS = ["dataset", "model", "perturbation", "level", "metric"]
 STATS_COLUMNS = BLOCK_KEYS + ["test", "groups", "statistic", "p", "p_adj", "effect_size", "effect_name",
-                              "n", "k", "mean_ranks", "note"]
+                              "significant", "n", "k", "mean_ranks", "note"]
 
 
 def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
@@ -30,7 +30,7 @@ def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
     return float(chi2), float(p), float(chi2 / (n * (k - 1))), mean_ranks
 
 
-def friedman_table(table: pd.DataFrame) -> pd.DataFrame:
+def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One Friedman test per (dataset, model, perturbation, level, metric); Holm across the table."""
     rows = []
     for key, group in table.groupby(BLOCK_KEYS, sort=True):
@@ -47,16 +47,17 @@ def friedman_table(table: pd.DataFrame) -> pd.DataFrame:
             if np.isnan(chi2):
                 row["note"] = "all values tied within every block: no test"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if c != "p_adj"])
+    out = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if c not in ("p_adj", "significant")])
     out["p_adj"] = np.nan
     ok = out["p"].notna()
     if ok.any():
         out.loc[ok, "p_adj"] = multipletests(out.loc[ok, "p"], method="holm")[1]
+    out["significant"] = out["p_adj"] < alpha
     return out[STATS_COLUMNS]
 
 
-def run_statistics(metrics_parquet: str, output_csv: str) -> pd.DataFrame:
-    result = friedman_table(pd.read_parquet(metrics_parquet))
+def run_statistics(metrics_parquet: str, output_csv: str, alpha: float = 0.05) -> pd.DataFrame:
+    result = friedman_table(pd.read_parquet(metrics_parquet), alpha)
     with atomic_path(output_csv) as tmp:
         result.to_csv(tmp, index=False, float_format="%.6g")
     return result

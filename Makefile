@@ -1,0 +1,32 @@
+# The two commands of the README:
+#   make run    set up .venv, run the workflow on the embedded default, render results/report.html
+#   make test   set up .venv, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-test.txt -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/snakemake --report results/report.html
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/snakemake --lint
+
+bench: setup
+	$(PY) benchmarks/cam_engine.py
+
+clean:
+	rm -rf results resources .snakemake

@@ -1,0 +1,159 @@
+"""The whole Snakemake workflow on a tiny config, run for real (seconds, not minutes)."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cambench.data import generate_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ["Snakefile", "rules", "scripts", "config", "reports", "envs", "profiles"]
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "seed": 1,
+    "device": "cpu",
+    "datasets": {
+        "tiny": {"standin": {"kind": "shapes", "counts": {"train": 24, "test": 4}, "classes": ["disk", "cross", "square"],
+                             "image_size": 32, "clutter": 3}},
+        "byo": {"root": "mydata"},  # the user's own class-folder set, no masks
+    },
+    "models": {
+        "tiny_cnn": {"dataset": "tiny", "params": {"widths": [4, 8, 8, 8]}, "target_layer": "features.block4",
+                     "train": {"epochs": 2, "batch_size": 16}},
+        "byo_cnn": {"dataset": "byo", "params": {"widths": [4, 8, 8, 8]}, "train": {"epochs": 1}},
+    },
+    "cam": {"methods": {"gradcam": {}, "gradcampp": {}, "xgradcam": {}}, "batch_size": 5},
+    "perturbations": {"gaussian": [0.3]},
+    "metrics": {"compute": {"deletion_auc": {"steps": 8}, "pointing_game": {"tolerance_px": 2},
+                            "consistency": {"similarity": "ssim"}}},
+    "stats": {"bootstrap": 100},
+    "report": {"gallery_images": 3},
+}
+
+
+def snakemake(workdir, *args, check=True):
+    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
+                         timeout=900)
+    if check and run.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("workflow")
+    for name in WORKFLOW:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    generate_shapes(work / "mydata", work / "unused_masks", {"train": 10, "test": 3}, classes=["ring", "diamond"],
+                    image_size=32, seed=5)
+    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
+    return work
+
+
+def test_outputs_exist(workdir):
+    for rel in ["results/metrics.parquet", "results/metrics.csv", "results/tables/metric_summary.csv",
+                "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/metric_distributions.png",
+                "results/tiny/tiny_cnn/figures/gallery_gaussian~0.3.png", "results/byo/byo_cnn/heatmaps/none~0.h5"]:
+        assert (workdir / rel).stat().st_size > 0, rel
+
+
+def test_metric_table_is_tidy_complete_and_finite(workdir):
+    t = pd.read_parquet(workdir / "results/metrics.parquet")
+    assert list(t.columns) == ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
+                               "prediction", "metric", "value", "score", "params"]
+    assert np.isfinite(t["value"]).all()
+    tiny = t[t.model == "tiny_cnn"]
+    # one row per image x method x level for deletion and pointing game (12 test images, 2 levels, 3 methods)
+    for metric in ("deletion_auc", "pointing_game"):
+        assert len(tiny[tiny.metric == metric]) == 12 * 2 * 3
+    assert set(tiny[tiny.metric == "consistency"].perturbation) <= {"gaussian"}
+    assert (tiny[tiny.metric == "deletion_auc"].score == "prob").all()
+    # byo has no masks: localisation is absent by design, not NaN
+    byo = t[t.model == "byo_cnn"]
+    assert "pointing_game" not in set(byo.metric) and "deletion_auc" in set(byo.metric)
+    # consistency rows only where the prediction did not change
+    clean = tiny[(tiny.perturbation == "none") & (tiny.metric == "deletion_auc")].set_index(["method", "image_id"])
+    cons = tiny[tiny.metric == "consistency"]
+    assert (cons.prediction.to_numpy() == clean.loc[list(zip(cons.method, cons.image_id)), "prediction"].to_numpy()).all()
+    assert json.loads(tiny[tiny.metric == "pointing_game"].params.iloc[0]) == {"tolerance_px": 2}
+
+
+def test_heatmap_file_layout_and_provenance(workdir):
+    with h5py.File(workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5") as f:
+        assert sorted(f["heatmaps"]) == ["gradcam", "gradcampp", "xgradcam"]
+        d = f["heatmaps/gradcam"]
+        assert d.shape == (12, 32, 32) and d.dtype == np.float16 and d.chunks == (1, 32, 32)
+        assert d.compression == "gzip"
+        assert json.loads(d.attrs["params"]) == {}
+        maps = d[:]
+        assert maps.min() >= 0 and maps.max() <= 1 and np.isfinite(maps).all()
+        assert f["raw/gradcam"].shape == (12, 8, 8)
+        assert f.attrs["perturbation"] == "gaussian" and f.attrs["level"] == 0.3
+        prov = json.loads(f.attrs["provenance"])
+        assert set(prov) >= {"config_hash", "git_commit", "packages", "device", "seed", "inputs"}
+        assert prov["device"].startswith("cpu") and prov["seed"] == 1
+        assert all(len(v) == 64 for v in prov["inputs"].values())  # sha256 of dataset and model
+
+
+def test_perturbed_heatmaps_are_reproducible(workdir, tmp_path):
+    """Re-running a heatmap job gives identical array data (deterministic noise and CAMs on CPU)."""
+    target = "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5"
+    with h5py.File(workdir / target) as f:
+        before = {m: f[f"heatmaps/{m}"][:] for m in f["heatmaps"]}
+    (workdir / target).unlink()
+    snakemake(workdir, "--cores", "2", "--configfile", "tiny.yaml", "--until", "heatmaps")
+    with h5py.File(workdir / target) as f:
+        for m, arr in before.items():
+            assert np.array_equal(f[f"heatmaps/{m}"][:], arr)
+
+
+def test_summary_and_statistics(workdir):
+    s = pd.read_csv(workdir / "results/tables/metric_summary.csv")
+    pg = s[(s.metric == "pointing_game")]
+    assert (pg["aggregate"] == "class_mean").all() and (pg.ci_low <= pg["mean"]).all() and (pg["mean"] <= pg.ci_high).all()
+    f = pd.read_csv(workdir / "results/tables/friedman.csv")
+    assert set(f.test) == {"friedman"} and (f.k == 3).all()
+    assert ((f.effect_size.dropna() >= 0) & (f.effect_size.dropna() <= 1)).all()
+
+
+def test_report_and_nothing_left_to_do(workdir):
+    snakemake(workdir, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    assert "metric_summary.csv" in html and "gallery_none~0.png" in html
+    dry = snakemake(workdir, "-n", "--configfile", "tiny.yaml")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+@pytest.mark.parametrize("section,change,key", [
+    ("cam", {"batch_size": "many"}, "config key 'cam.batch_size'"),
+    ("cam", {"methods": {"scorecamm": {}}}, "config key 'cam.methods.scorecamm': unknown method"),
+    ("datasets", {"shapes": {"root": "does/not/exist"}}, "config key 'datasets.shapes.root': folder not found"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, section, change, key):
+    for name in WORKFLOW:
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    config[section].update(change)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert run.returncode != 0
+    assert key in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_lint_is_clean():
+    run = snakemake(ROOT, "--lint", check=False)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0 and "Lints for" not in out, out
