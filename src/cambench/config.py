@@ -19,9 +19,6 @@ from .perturbations import PERTURBATIONS
 
 # Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
 LEVEL_LIMITS = {"gaussian": 1.0}
-# Metrics that need something only some datasets/runs have.
-NEEDS_MASKS = {"pointing_game"}
-NEEDS_PERTURBATION = {"consistency"}
 
 
 class ConfigError(ValueError):
@@ -179,6 +176,8 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
     for name, params in metrics.items():
         if (params or {}).get("score"):
             raise ConfigError(f"config key 'metrics.compute.{name}.score': set the score once in 'metrics.score'")
-    if NEEDS_PERTURBATION & set(metrics) and not kinds:
-        raise ConfigError(f"config key 'metrics.compute': {sorted(NEEDS_PERTURBATION & set(metrics))} "
-                          f"need a perturbation sweep, but 'perturbations' is empty")
+    # Metrics comparing against the clean heatmaps (needs 'reference') only exist with a sweep.
+    need_sweep = sorted(m for m in metrics if "reference" in METRICS.get(m).meta.get("needs", ()))
+    if need_sweep and not kinds:
+        raise ConfigError(f"config key 'metrics.compute': {need_sweep} need a perturbation sweep, "
+                          f"but 'perturbations' is empty")

@@ -2,7 +2,6 @@
 'consistency over unchanged predictions' rule are our reading of Sarkar et al.)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
