@@ -45,7 +45,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {schema['enum']}"
     if v == "type":
         return f"config key '{key}': expected {schema['type']}, got {error.instance!r}"
-    if "propertyNames" in error.relative_schema_path or "propertyNames" in error.schema_path:
+    if "propertyNames" in error.relative_schema_path:
         return (f"config key '{key}': name {error.instance!r} is not allowed; names must match "
                 f"{schema.get('pattern', schema)} (they become file names)")
     if v in ("minProperties", "minItems"):
