@@ -39,17 +39,76 @@ class CamError(ValueError):
 
 @dataclass
 class CamInputs:
-    """What a method sees: one batch, everything on the images' device."""
+    """What a method sees: one batch, everything on the images' device.
+
+    Besides the captured tensors, a method gets batched model evaluations (:meth:`forward`,
+    :meth:`replay`), extra gradients of other scalar targets from the same forward
+    (:meth:`gradient_of`), the maps of other registered methods (:meth:`method_map`) and a
+    memory budget for chunking (:meth:`rows_per_chunk`). Perturbation methods stack masked
+    inputs of all images and channels into rows and evaluate them in chunks: no per-image loop.
+    """
 
     activations: Tensor            # (N, K, *spatial) output of the target layer
     gradients: Tensor | None       # d scores / d activations, same shape; None if not requested
     scores: Tensor                 # (N,) target scores the gradients were taken of (logits by default)
     logits: Tensor                 # (N, n_classes) model output
     targets: Tensor | None         # (N,) target class indices; None when the target is a callable
+    images: Tensor | None = None   # (N, C, *S) the (normalised) model inputs
+    layers: dict[str, tuple[Tensor, Tensor | None]] = field(default_factory=dict)  # every hooked layer
+    target_fn: Callable[[Tensor, Tensor], Tensor] | None = None  # (logits (M, C), rows (M,)) -> (M,)
+    session: _Session | None = field(default=None, repr=False)
 
     @property
     def spatial_dims(self) -> tuple[int, ...]:
         return tuple(range(2, self.activations.ndim))
+
+    @property
+    def n(self) -> int:
+        return self.activations.shape[0]
+
+    @property
+    def model(self) -> nn.Module:
+        return self._session().model
+
+    def _session(self) -> _Session:
+        if self.session is None:
+            raise CamError("this method needs the model; call it through cambench.explain")
+        return self.session
+
+    def target(self, logits: Tensor, rows: Tensor | None = None) -> Tensor:
+        """The target score (M,) for logits of rows that belong to images ``rows`` (default: all)."""
+        if rows is None:
+            rows = torch.arange(logits.shape[0], device=logits.device)
+        if self.target_fn is None:
+            raise CamError("no target function available")
+        return self.target_fn(logits, rows)
+
+    def gradient_of(self, target_fn: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """d target_fn(logits, rows) / d activations for the whole batch, from the same forward."""
+        return self._session().gradient_of(target_fn)
+
+    def rows_per_chunk(self, bytes_per_row: int) -> int:
+        return self._session().rows_per_chunk(bytes_per_row)
+
+    def forward(self, inputs: Tensor, chunk: int | None = None) -> Tensor:
+        """Logits (M, C) of model inputs (M, C, *S), evaluated in chunks without autograd."""
+        return self._session().forward(inputs, chunk)
+
+    def replay(self, activations: Tensor, rows: Tensor, chunk: int | None = None) -> Tensor:
+        """Logits (M, C) with the target layer's output replaced by ``activations`` (M, K, *s).
+
+        ``rows`` (M,) names the image each row belongs to. Only the part of the model after the
+        target layer is recomputed when that part depends on nothing else (checked once).
+        """
+        return self._session().replay(activations, rows, chunk)
+
+    def method_map(self, name: str, **params) -> Tensor:
+        """Post-processed maps (N, *S) in [0, 1] of another registered method on this batch (cached)."""
+        return self._session().method_map(self, name, params)[0]
+
+    def method_raw(self, name: str, **params) -> Tensor:
+        """Signed maps of another registered method on this batch (cached)."""
+        return self._session().method_map(self, name, params)[1]
 
 
 @dataclass
@@ -95,15 +154,19 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     return module
 
 
-def _target_scores(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor | None]:
-    """Scores (N,) to explain, and the class indices when the target is a class."""
+def _target_fn(logits: Tensor, targets: Targets) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor | None]:
+    """The target as a function of (logits of some rows, the image of each row), and class indices."""
     n = logits.shape[0]
     if callable(targets) and not isinstance(targets, Tensor):
-        scores = targets(logits)
-        if not isinstance(scores, Tensor) or scores.shape != (n,):
-            raise CamError(f"a callable target must return a tensor of shape ({n},) from the logits, "
-                           f"got {getattr(scores, 'shape', type(scores))}")
-        return scores, None
+        user_fn = targets
+
+        def call(rows_logits: Tensor, rows: Tensor) -> Tensor:
+            scores = user_fn(rows_logits)
+            if not isinstance(scores, Tensor) or scores.shape != rows_logits.shape[:1]:
+                raise CamError(f"a callable target must return a tensor of shape ({rows_logits.shape[0]},) "
+                               f"from the logits, got {getattr(scores, 'shape', type(scores))}")
+            return scores
+        return call, None
     if targets is None:
         idx = logits.detach().argmax(dim=1)
     else:
@@ -112,52 +175,179 @@ def _target_scores(logits: Tensor, targets: Targets) -> tuple[Tensor, Tensor | N
             raise CamError(f"got {idx.numel()} targets for {n} images; give one target per image")
         if (idx < 0).any() or (idx >= logits.shape[1]).any():
             raise CamError(f"target class out of range [0, {logits.shape[1]})")
-    return logits.gather(1, idx[:, None]).squeeze(1), idx
+    return (lambda rows_logits, rows: rows_logits.gather(1, idx[rows, None]).squeeze(1)), idx
 
 
 # --------------------------------------------------------------------------------------------
 # Capture
 # --------------------------------------------------------------------------------------------
 
-def capture(model: nn.Module, images: Tensor, layer: nn.Module, targets: Targets = None,
-            need_gradients: bool = True) -> CamInputs:
-    """One forward (and one backward from the scores to ``layer`` if ``need_gradients``)."""
-    seen: list[Tensor] = []
+# Rough peak working memory of one forward row, in multiples of the input row's bytes; only used
+# to size chunks of masked inputs from the memory budget (override with a method's batch_size).
+FORWARD_MEMORY_FACTOR = 16
+REPLAY_MEMORY_FACTOR = 4
 
-    def hook(_module, _inputs, output):
-        if not isinstance(output, Tensor):
-            raise CamError(f"target layer returned {type(output).__name__}, expected a tensor")
-        if seen:
-            raise CamError("the target layer ran more than once in one forward pass; "
-                           "choose a module that is called once (e.g. a block, not a shared ReLU)")
-        if not need_gradients:
-            seen.append(output.detach())
-            return None
-        # Start recording here: the trunk ran without history, the head records w.r.t. this leaf.
-        torch.set_grad_enabled(True)
-        leaf = output.detach().requires_grad_(True)
-        seen.append(leaf)
-        return leaf.clone()  # a non-leaf, so in-place ops after the layer (ReLU(inplace)) are legal
 
-    handle = layer.register_forward_hook(hook)
+class _Session:
+    """Per-batch state shared by the methods: model closures, retained graph, cached maps."""
+
+    def __init__(self, model: nn.Module, layer: nn.Module, images: Tensor, memory_mb: float):
+        self.model, self.layer, self.images = model, layer, images
+        self.memory_bytes = memory_mb * 2**20
+        self.leaf: Tensor | None = None      # target-layer output the graph starts from
+        self.logits: Tensor | None = None    # logits with the graph from ``leaf`` (if gradients)
+        self.inputs: CamInputs | None = None
+        self._replay_direct: bool | None = None
+        self._maps: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def rows_per_chunk(self, bytes_per_row: int) -> int:
+        return max(1, int(self.memory_bytes // max(int(bytes_per_row), 1)))
+
+    def gradient_of(self, target_fn) -> Tensor:
+        if self.leaf is None or self.logits is None or not self.logits.requires_grad:
+            raise CamError("gradients were not captured for this batch")
+        rows = torch.arange(self.logits.shape[0], device=self.logits.device)
+        with torch.enable_grad():
+            scores = target_fn(self.logits, rows)
+        (grads,) = torch.autograd.grad(scores.sum(), self.leaf, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(self.leaf) if grads is None else grads
+
+    def forward(self, inputs: Tensor, chunk: int | None = None) -> Tensor:
+        if inputs.shape[0] == 0:
+            return inputs.new_zeros((0, self.inputs.logits.shape[1]))
+        chunk = chunk or self.rows_per_chunk(inputs[0].numel() * inputs.element_size() * FORWARD_MEMORY_FACTOR)
+        with torch.no_grad():
+            return torch.cat([self.model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+
+    def _run_replaced(self, inputs: Tensor, activations: Tensor) -> Tensor:
+        def replace(_module, _inputs, _output):
+            return activations
+        handle = self.layer.register_forward_hook(replace)
+        try:
+            with torch.no_grad():
+                return self.model(inputs)
+        finally:
+            handle.remove()
+
+    def _direct_replay_works(self) -> bool:
+        """Does the model after the target layer depend on nothing but that layer's output?
+
+        Feed a zero image of batch 1 and the real activations of the batch: if the logits come
+        back unchanged, the head can be replayed without recomputing the trunk.
+        """
+        base = self.inputs
+        try:
+            logits = self._run_replaced(torch.zeros_like(self.images[:1]), base.activations)
+        except RuntimeError:
+            return False
+        scale = base.logits.abs().max().clamp_min(1.0)
+        return logits.shape == base.logits.shape and bool(
+            torch.allclose(logits, base.logits, rtol=1e-4, atol=1e-5 * float(scale)))
+
+    def replay(self, activations: Tensor, rows: Tensor, chunk: int | None = None) -> Tensor:
+        if self._replay_direct is None:
+            self._replay_direct = self._direct_replay_works()
+        m = activations.shape[0]
+        if m == 0:
+            return activations.new_zeros((0, self.inputs.logits.shape[1]))
+        if self._replay_direct:
+            per_row = activations[0].numel() * activations.element_size() * REPLAY_MEMORY_FACTOR
+            dummy = torch.zeros_like(self.images[:1])
+        else:  # the trunk runs again for every row (as pytorch-grad-cam always does)
+            per_row = self.images[0].numel() * self.images.element_size() * FORWARD_MEMORY_FACTOR
+        chunk = chunk or self.rows_per_chunk(per_row)
+        out = []
+        for i in range(0, m, chunk):
+            acts = activations[i:i + chunk]
+            inputs = dummy if self._replay_direct else self.images[rows[i:i + chunk]]
+            out.append(self._run_replaced(inputs, acts))
+        return torch.cat(out)
+
+    def method_map(self, _x: CamInputs, name: str, params: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(maps, signed, flags) of a registered method on the session's own inputs, computed once."""
+        entry = METHODS.get(name)
+        full = {**entry.parameters(), **params}
+        key = name + repr(sorted(full.items()))
+        if key not in self._maps:
+            entry.check_params(params)
+            signed = _signed_map(entry, self.inputs, params)
+            maps, flags = postprocess(signed, self.images.shape[2:])
+            self._maps[key] = (maps, signed, flags)
+        return self._maps[key]
+
+
+def _signed_map(entry, inputs: CamInputs, params: dict) -> Tensor:
+    out = entry.fn(inputs, **params)
+    if out.ndim == 2:  # channel weights -> weighted sum of activation maps
+        shape = out.shape + (1,) * len(inputs.spatial_dims)
+        out = (out.view(shape) * inputs.activations).sum(dim=1)
+    return out
+
+
+def capture(model: nn.Module, images: Tensor, layer: nn.Module | str, targets: Targets = None,
+            need_gradients: bool = True, extra_layers: Sequence[str] = (),
+            memory_mb: float = 1024.0) -> CamInputs:
+    """One forward (and one backward from the scores to the hooked layers if ``need_gradients``).
+
+    The trunk before the first hooked layer runs without autograd history; the graph from there
+    on is kept for the batch so that methods can ask for gradients of other targets.
+    """
+    layer = resolve_layer(model, layer)
+    names = ["<target>"] + [n for n in dict.fromkeys(extra_layers)]
+    modules = [layer] + [resolve_layer(model, n) for n in names[1:]]
+    seen: dict[int, Tensor] = {}
+
+    def make_hook(i: int):
+        def hook(_module, _inputs, output):
+            if not isinstance(output, Tensor):
+                raise CamError(f"layer '{names[i]}' returned {type(output).__name__}, expected a tensor")
+            if i in seen:
+                raise CamError("the target layer ran more than once in one forward pass; choose a "
+                               "module that is called once (e.g. a block, not a shared ReLU)")
+            if not need_gradients:
+                seen[i] = output.detach()
+                return None
+            # Start recording at the first hooked layer: the trunk ran without history.
+            torch.set_grad_enabled(True)
+            tensor = output if output.requires_grad else output.detach().requires_grad_(True)
+            seen[i] = tensor
+            return tensor.clone()  # in-place ops after the layer (ReLU(inplace)) must not touch ours
+        return hook
+
+    handles = []
     try:
-        with torch.no_grad():  # the hook re-enables recording from the target layer on
+        for i, module in enumerate(modules):
+            handles.append(module.register_forward_hook(make_hook(i)))
+        with torch.no_grad():  # the hooks re-enable recording from the first hooked layer on
             logits = model(images)
     finally:
-        handle.remove()
-    if not seen:
-        raise CamError("the target layer was not called during the forward pass")
-    acts = seen[0]
+        for h in handles:
+            h.remove()
+    missing = [names[i] for i in range(len(modules)) if i not in seen]
+    if missing:
+        what = "the target layer" if missing[0] == "<target>" else f"layer(s) {missing}"
+        raise CamError(f"{what} was not called during the forward pass")
+    target_fn, idx = _target_fn(logits, targets)
+    rows = torch.arange(logits.shape[0], device=logits.device)
     with torch.enable_grad() if need_gradients else torch.no_grad():
-        scores, idx = _target_scores(logits, targets)
-    grads = None
+        scores = target_fn(logits, rows)
+    tensors = [seen[i] for i in range(len(modules))]
+    grads: list[Tensor | None] = [None] * len(tensors)
     if need_gradients:
         if not scores.requires_grad:
             raise CamError("the target score does not depend on the target layer")
         # Images are independent in eval mode, so the gradient of the sum is per-image.
-        (grads,) = torch.autograd.grad(scores.sum(), acts)
-    return CamInputs(acts.detach(), grads, scores.detach(), logits.detach(),
-                     None if idx is None else idx.detach())
+        got = torch.autograd.grad(scores.sum(), tensors, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, got)]
+    session = _Session(model, layer, images, memory_mb)
+    if need_gradients:
+        session.leaf, session.logits = tensors[0], logits
+    inputs = CamInputs(tensors[0].detach(), grads[0], scores.detach(), logits.detach(),
+                       None if idx is None else idx.detach(), images,
+                       {n: (t.detach(), g) for n, t, g in zip(names[1:], tensors[1:], grads[1:])},
+                       target_fn, session)
+    session.inputs = inputs
+    return inputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,13 +404,32 @@ def _check_images(images: Tensor) -> None:
         raise CamError(f"images must be floating point, got {images.dtype}")
 
 
+def _requirements(spec: dict[str, dict]) -> tuple[bool, list[str]]:
+    """Whether any method needs gradients, and the extra layers the methods ask for."""
+    need_grad, layers = False, []
+    for name, params in spec.items():
+        entry = METHODS.get(name)
+        need = entry.meta.get("needs_gradients", True)
+        need_grad |= bool(need(params) if callable(need) else need)
+        extra = entry.meta.get("extra_layers")
+        if extra is not None:
+            layers += list(extra({**entry.parameters(), **params}))
+    return need_grad, layers
+
+
 def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Module | str,
-                 targets: Targets = None, batch_size: int | None = None) -> CamResult:
-    """Heatmaps of several methods from one forward/backward per batch."""
+                 targets: Targets = None, batch_size: int | None = None,
+                 memory_mb: float = 1024.0) -> CamResult:
+    """Heatmaps of several methods from one forward/backward per batch.
+
+    ``memory_mb`` bounds the chunks in which perturbation methods evaluate masked inputs.
+    """
     _check_images(images)
     spec = normalise_method_spec(methods)
     layer = resolve_layer(model, target_layer)
-    need_grad = any(METHODS.get(m).meta.get("needs_gradients", True) for m in spec)
+    need_grad, extra_layers = _requirements(spec)
+    for name in extra_layers:
+        resolve_layer(model, name)  # a bad name fails before any computation
     n = images.shape[0]
     if targets is not None and not callable(targets):
         targets = torch.as_tensor(targets, device=images.device).long().reshape(-1)
@@ -232,18 +441,14 @@ def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Mod
         for start in range(0, n, step):
             batch = images[start:start + step]
             tb = targets[start:start + step] if isinstance(targets, Tensor) else targets
-            inputs = capture(model, batch, layer, tb, need_grad)
+            inputs = capture(model, batch, layer, tb, need_grad, extra_layers, memory_mb)
             maps, raw, flags = {}, {}, {}
             for name, params in spec.items():
-                out = METHODS.get(name).fn(inputs, **params)
-                if out.ndim == 2:  # channel weights -> weighted sum of activation maps
-                    shape = out.shape + (1,) * len(inputs.spatial_dims)
-                    out = (out.view(shape) * inputs.activations).sum(dim=1)
-                raw[name] = out
-                maps[name], flags[name] = postprocess(out, batch.shape[2:])
+                maps[name], raw[name], flags[name] = inputs.session.method_map(inputs, name, params)
             idx = inputs.targets if inputs.targets is not None else \
                 torch.full((batch.shape[0],), -1, device=batch.device, dtype=torch.long)
             parts.append(CamResult(maps, raw, flags, inputs.logits, idx, inputs.scores))
+            del inputs  # frees the retained graph before the next batch
     cat = lambda key: {m: torch.cat([getattr(p, key)[m] for p in parts]) for m in spec}  # noqa: E731
     return CamResult(cat("maps"), cat("raw"), cat("flags"),
                      torch.cat([p.logits for p in parts]), torch.cat([p.targets for p in parts]),
@@ -251,9 +456,11 @@ def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Mod
 
 
 def explain(model: nn.Module, images: Tensor, method: str, target_layer: nn.Module | str,
-            targets: Targets = None, batch_size: int | None = None, **params) -> Tensor:
+            targets: Targets = None, batch_size: int | None = None, memory_mb: float = 1024.0,
+            **params) -> Tensor:
     """Heatmaps ``(N, *spatial)`` in [0, 1] on the images' device for one registered method."""
-    return explain_many(model, images, {method: params}, target_layer, targets, batch_size).maps[method]
+    return explain_many(model, images, {method: params}, target_layer, targets, batch_size,
+                        memory_mb).maps[method]
 
 
 def methods() -> list[str]:

@@ -1,22 +1,24 @@
-"""Gradient-family CAMs: channel weights from activations A and gradients G (methods.md §2).
+"""Gradient-family CAMs: channel weights or element-wise maps from activations A and gradients G.
 
-Each function returns channel weights (N, K); the engine forms sum_k w_k A^k, applies ReLU,
-normalisation and up-sampling. Sums run over every spatial axis, so all work in 2D and 3D.
+Channel-weight methods return (N, K); the engine forms sum_k w_k A^k, applies ReLU, normalisation
+and up-sampling. Element-wise methods return the signed map. Sums run over every spatial axis, so
+all work in 2D and 3D (methods.md §2.2-2.6).
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import CamInputs, register_method
+from ..engine import CamError, CamInputs, register_method
 
 
-@register_method("gradcam", needs_gradients=True, summary="Grad-CAM: spatial mean of the gradient")
+@register_method("gradcam", summary="Grad-CAM: spatial mean of the gradient")
 def gradcam(x: CamInputs) -> Tensor:
     return x.gradients.mean(dim=x.spatial_dims)
 
 
-@register_method("gradcampp", needs_gradients=True,
-                 summary="Grad-CAM++: closed-form pixel coefficients g^2 / (2 g^2 + S_k g^3)")
+@register_method("gradcampp", summary="Grad-CAM++: closed-form pixel coefficients g^2 / (2 g^2 + S_k g^3)")
 def gradcampp(x: CamInputs, eps: float = 1e-6) -> Tensor:
     g, a, dims = x.gradients, x.activations, x.spatial_dims
     g2 = g * g
@@ -26,9 +28,70 @@ def gradcampp(x: CamInputs, eps: float = 1e-6) -> Tensor:
     return (alpha * g.clamp_min(0)).sum(dim=dims)
 
 
-@register_method("xgradcam", needs_gradients=True,
-                 summary="XGrad-CAM: activation-weighted spatial sum of the gradient")
+@register_method("xgradcam", summary="XGrad-CAM: activation-weighted spatial sum of the gradient")
 def xgradcam(x: CamInputs, eps: float = 1e-7) -> Tensor:
     a, dims = x.activations, x.spatial_dims
     s = a.sum(dim=dims, keepdim=True)
     return (x.gradients * a / (s + eps)).sum(dim=dims)
+
+
+@register_method("hirescam", summary="HiResCAM: element-wise gradient x activation summed over channels")
+def hirescam(x: CamInputs) -> Tensor:
+    return (x.gradients * x.activations).sum(dim=1)
+
+
+@register_method("gradcam_elementwise",
+                 summary="Grad-CAM element-wise: ReLU of each channel's gradient x activation, summed")
+def gradcam_elementwise(x: CamInputs) -> Tensor:
+    return (x.gradients * x.activations).clamp_min(0).sum(dim=1)
+
+
+@register_method("layercam", summary="LayerCAM (one layer): ReLU(G) x A summed over channels")
+def layercam(x: CamInputs) -> Tensor:
+    return _layercam_map(x.activations, x.gradients)
+
+
+def _layercam_map(a: Tensor, g: Tensor) -> Tensor:
+    return (g.clamp_min(0) * a).sum(dim=1).clamp_min(0)
+
+
+def _resize(maps: Tensor, size) -> Tensor:
+    mode = {2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False).squeeze(1)
+
+
+def _per_map(maps: Tensor, op) -> Tensor:
+    return op(maps.flatten(1), dim=1).values.view((-1,) + (1,) * (maps.ndim - 1))
+
+
+@register_method("layercam_ms", extra_layers=lambda p: list(p["layers"]),
+                 summary="LayerCAM fused over several layers from one backward pass")
+def layercam_ms(x: CamInputs, layers: list = (), fusion: str = "max", gamma: float = 2.0) -> Tensor:
+    """Fuse the target layer's LayerCAM with those of ``layers`` (usually shallower stages).
+
+    ``max`` (torchcam, our reading of the paper's Eq. 9): each map divided by its max, the
+    shallower layers' maps squashed by tanh(gamma * M), all up-sampled to the finest map, fused
+    by element-wise max. ``mean`` (pytorch-grad-cam): each map min-max normalised and up-sampled
+    to the input, then averaged.
+    """
+    if not layers:
+        raise CamError("layercam_ms needs 'layers': the shallower layers fused with the target layer")
+    if fusion not in ("max", "mean"):
+        raise CamError(f"layercam_ms fusion must be 'max' or 'mean', got {fusion!r}")
+    maps = [_layercam_map(*x.layers[name]) for name in layers] + [_layercam_map(x.activations, x.gradients)]
+    if fusion == "mean":
+        size = x.images.shape[2:]
+        normed = []
+        for m in maps:
+            lo, hi = _per_map(m, torch.min), _per_map(m, torch.max)
+            normed.append(_resize((m - lo) / (hi - lo + 1e-7), size))
+        return torch.stack(normed).mean(dim=0)
+    size = max((m.shape[1:] for m in maps), key=lambda s: torch.Size(s).numel())
+    fused = None
+    for i, m in enumerate(maps):
+        m = m / (_per_map(m, torch.max) + 1e-7)
+        if i < len(maps) - 1:
+            m = torch.tanh(gamma * m)
+        m = _resize(m, size)
+        fused = m if fused is None else torch.maximum(fused, m)
+    return fused
