@@ -25,6 +25,37 @@ class GapNet(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+class ConstantModel(nn.Module):
+    """Logits that ignore the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor([1.0, 2.0, 0.5]))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 3)
+
+
+class RegionModel(nn.Module):
+    """Class 1's logit is 20 × the mean brightness of the top-left 4×4 region; class 0's is 0."""
+
+    def forward(self, x):
+        s = x[:, :, :4, :4].mean(dim=(1, 2, 3)) * 20
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+def zoo_model(arch: str, inplace: bool = False) -> nn.Module:
+    """A torchvision classifier with random weights (seed 0), ReLUs non-in-place unless asked."""
+    import torchvision
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    if not inplace:
+        for m in model.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
+    return model
+
+
 @pytest.fixture
 def gapnet():
     torch.manual_seed(0)

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import cambench
 from cambench.engine import FLAG_CONSTANT, CamError, capture, resolve_layer
 
-from conftest import GapNet
+from conftest import GapNet, zoo_model
 
-GRADCAM_CLASSES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM"}
+GRADCAM_CLASSES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+                   "hirescam": "HiResCAM", "gradcam_elementwise": "GradCAMElementWise", "layercam": "LayerCAM"}
 
 
 def reference_maps(model, layer, x, method, targets):
@@ -18,16 +18,6 @@ def reference_maps(model, layer, x, method, targets):
     cls = getattr(pytorch_grad_cam, GRADCAM_CLASSES[method])
     with cls(model=model, target_layers=[layer]) as cam:
         return cam(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
-
-
-def zoo_model(arch, inplace=True):
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(weights=None).eval()
-    if not inplace:
-        for m in model.modules():
-            if isinstance(m, nn.ReLU):
-                m.inplace = False
-    return model
 
 
 @pytest.mark.parametrize("arch,layer,size", [("resnet18", "layer4", 64), ("resnet50", "layer4", 64),

@@ -31,16 +31,40 @@ class Entry:
                 or p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
 
     def check_params(self, params: dict, where: str = "") -> None:
+        """Unknown names and values of the wrong kind (judged by the default's type) are errors."""
         allowed = self.parameters()
+        loc = f"{where}: " if where else ""
         unknown = sorted(set(params) - set(allowed))
         if unknown:
-            loc = f"{where}: " if where else ""
             raise ValueError(f"{loc}unknown parameter(s) {unknown} for {self.kind} '{self.name}'; "
                              f"allowed: {sorted(allowed) or 'none'}")
+        for name, value in params.items():
+            expected = _kind_of(allowed[name])
+            wrong = expected and value is not None and (
+                not isinstance(value, expected[1])
+                or (isinstance(value, bool) and bool not in expected[1]))  # True is no number
+            if wrong:
+                raise ValueError(f"{loc}parameter '{name}' of {self.kind} '{self.name}' must be "
+                                 f"{expected[0]}, got {value!r}")
 
     @property
     def kind(self) -> str:
         return self.meta.get("kind", "entry")
+
+
+def _kind_of(default) -> tuple[str, tuple] | None:
+    """What a parameter accepts, judged by its default (None or no default: anything)."""
+    if isinstance(default, bool):
+        return "true or false", (bool,)
+    if isinstance(default, (int, float)):
+        return "a number", (int, float)
+    if isinstance(default, str):
+        return "a string", (str,)
+    if isinstance(default, (list, tuple)):
+        return "a list", (list, tuple)
+    if isinstance(default, dict):
+        return "a mapping", (dict,)
+    return None
 
 
 class Registry:

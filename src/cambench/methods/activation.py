@@ -7,7 +7,9 @@ from torch import Tensor, nn
 from ..engine import CamError, CamInputs, register_method, resolve_layer
 
 
-@register_method("cam", needs_gradients=False, summary="CAM: the head's class weights on the activations")
+@register_method("cam", needs_gradients=False,
+                 applies=lambda model, params: bool(params.get("fc_layer") or getattr(model, "cam_fc_layer", "")),
+                 summary="CAM: the head's class weights on the activations")
 def cam(x: CamInputs, fc_layer: str = "") -> Tensor:
     """Zhou et al.: w^c of the final linear layer. Defined for GAP + linear heads only.
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine import FORWARD_MEMORY_FACTOR, REPLAY_MEMORY_FACTOR, CamError, CamInputs, register_method
+from ..engine import REPLAY_MEMORY_FACTOR, CamError, CamInputs, register_method
 
 SCORECAM_VARIANTS = ("pgc", "torchcam", "official")
 MASK_EPS = 1e-8  # pytorch-grad-cam's epsilon in the mask normalisation
@@ -26,33 +26,10 @@ def _rows(start: int, stop: int, k: int, device) -> tuple[Tensor, Tensor]:
     return rows // k, rows % k
 
 
-@register_method("scorecam", needs_gradients=False,
-                 summary="Score-CAM: channel weights from the scores of activation-masked inputs")
-def scorecam(x: CamInputs, variant: str = "pgc", batch_size: int = 0) -> Tensor:
-    """Weights from the target score of ``x * Norm(Up(A^k))`` for every channel k.
-
-    ``pgc`` (pytorch-grad-cam): masks up-sampled with align_corners=True, softmax over the K
-    logit scores. ``torchcam``: align_corners=False, softmax over score minus the zero-image
-    score. ``official`` (haofanwang/Score-CAM): softmax probability of the target class, constant
-    channels skipped, map accumulated from the un-normalised up-sampled activations.
-    ``batch_size`` is the number of masked inputs per forward (0: from the memory budget).
-    """
-    if variant not in SCORECAM_VARIANTS:
-        raise CamError(f"scorecam variant must be one of {SCORECAM_VARIANTS}, got {variant!r}")
-    if variant == "official" and x.targets is None:
-        raise CamError("scorecam variant 'official' scores class probabilities; it needs class targets")
-    images, acts = x.images, x.activations
-    n, k = acts.shape[:2]
+def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, live: Tensor, k: int, chunk: int,
+                   align: bool, scores: Tensor, saliency: Tensor | None) -> None:
+    """Fill ``scores`` (and the 'official' saliency) for the (image, channel) rows ``live``, chunk by chunk."""
     size = images.shape[2:]
-    align = variant == "pgc"
-    flat = acts.reshape(n * k, 1, *acts.shape[2:])
-    lo = flat.flatten(1).min(dim=1).values
-    hi = flat.flatten(1).max(dim=1).values
-    constant = hi - lo <= 0                      # their mask is all zeros: the zero image's score
-    chunk = batch_size or x.rows_per_chunk(images[0].numel() * images.element_size() * FORWARD_MEMORY_FACTOR)
-    scores = acts.new_zeros(n * k, dtype=torch.float32)
-    saliency = images.new_zeros((n,) + tuple(size)) if variant == "official" else None
-    live = (~constant).nonzero().squeeze(1)
     for i in range(0, live.numel(), chunk):
         rows = live[i:i + chunk]
         img = rows // k
@@ -67,6 +44,37 @@ def scorecam(x: CamInputs, variant: str = "pgc", batch_size: int = 0) -> Tensor:
         else:
             s = x.target(logits, img)
         scores[rows] = s.float()
+
+
+@register_method("scorecam", needs_gradients=False,
+                 summary="Score-CAM: channel weights from the scores of activation-masked inputs")
+def scorecam(x: CamInputs, variant: str = "pgc", chunk_size: int = 0) -> Tensor:
+    """Weights from the target score of ``x * Norm(Up(A^k))`` for every channel k.
+
+    ``pgc`` (pytorch-grad-cam): masks up-sampled with align_corners=True, softmax over the K
+    logit scores. ``torchcam``: align_corners=False, softmax over score minus the zero-image
+    score. ``official`` (haofanwang/Score-CAM): softmax probability of the target class, constant
+    channels skipped, map accumulated from the un-normalised up-sampled activations.
+    ``chunk_size`` is the number of masked inputs per forward (0: from the memory budget).
+    """
+    if variant not in SCORECAM_VARIANTS:
+        raise CamError(f"scorecam variant must be one of {SCORECAM_VARIANTS}, got {variant!r}")
+    if variant == "official" and x.targets is None:
+        raise CamError("scorecam variant 'official' scores class probabilities; it needs class targets")
+    images, acts = x.images, x.activations
+    n, k = acts.shape[:2]
+    size = images.shape[2:]
+    align = variant == "pgc"
+    flat = acts.reshape(n * k, 1, *acts.shape[2:])
+    lo = flat.flatten(1).min(dim=1).values
+    hi = flat.flatten(1).max(dim=1).values
+    constant = hi - lo <= 0                      # their mask is all zeros: the zero image's score
+    chunk = chunk_size or x.input_rows_per_chunk()
+    scores = acts.new_zeros(n * k, dtype=torch.float32)
+    saliency = images.new_zeros((n,) + tuple(size)) if variant == "official" else None
+    live = (~constant).nonzero().squeeze(1)
+    with x.fast_forwards() as fast_images:
+        _masked_scores(x, fast_images, variant, flat, live, k, chunk, align, scores, saliency)
     if variant == "official":
         return saliency
     if constant.any():  # one forward of the zero image per batch image serves every constant channel
@@ -81,7 +89,7 @@ def scorecam(x: CamInputs, variant: str = "pgc", batch_size: int = 0) -> Tensor:
 
 @register_method("ablationcam", needs_gradients=False,
                  summary="Ablation-CAM: relative score drop when one channel is ablated")
-def ablationcam(x: CamInputs, ablation_value: float | None = None, batch_size: int = 0) -> Tensor:
+def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: int = 0) -> Tensor:
     """w_k = (y^c - y^c with channel k set to the ablation value) / y^c.
 
     ``ablation_value`` None: 0 where the image's activations have minimum 0, else min - 1e7
@@ -96,7 +104,7 @@ def ablationcam(x: CamInputs, ablation_value: float | None = None, batch_size: i
     else:
         values = acts.new_full((n,), float(ablation_value))
     per_row = acts[0].numel() * acts.element_size() * REPLAY_MEMORY_FACTOR
-    chunk = batch_size or x.rows_per_chunk(per_row)
+    chunk = chunk_size or x.rows_per_chunk(per_row)
     ablated_scores = acts.new_zeros(n * k, dtype=torch.float32)
     for i in range(0, n * k, chunk):
         img, channel = _rows(i, min(i + chunk, n * k), k, acts.device)
