@@ -9,22 +9,7 @@ import cambench
 from cambench.metrics.faithfulness import trapezoid_auc
 from cambench.metrics.robustness import pearson, ssim
 
-
-class ConstantModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.logits = nn.Parameter(torch.tensor([1.0, 2.0, 0.5]))
-
-    def forward(self, x):
-        return self.logits.expand(x.shape[0], 3)
-
-
-class RegionModel(nn.Module):
-    """Class 1's logit is 20 × the mean brightness of the top-left 4×4 region; class 0's is 0."""
-
-    def forward(self, x):
-        s = x[:, :, :4, :4].mean(dim=(1, 2, 3)) * 20
-        return torch.stack([torch.zeros_like(s), s], dim=1)
+from conftest import ConstantModel, RegionModel
 
 
 def test_deletion_auc_of_an_input_independent_model_is_that_constant():

@@ -103,6 +103,6 @@ def metrics() -> list[str]:
     return METRICS.names()
 
 
-from . import faithfulness, localisation, robustness  # noqa: E402,F401  (registration)
+from . import faithfulness, localisation, road, robustness  # noqa: E402,F401  (registration)
 
 __all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores"]
