@@ -1,0 +1,36 @@
+"""SyCAM: channel weights from a synthesised expression over CAM terminals (methods.md §2.14).
+
+The grammar, the evaluator and the search live in :mod:`cambench.synthesis`; this module only
+registers the method. Everything here is [our-reading] (the paper's code is not public).
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..engine import CamError, CamInputs, register_method
+from ..synthesis import TerminalSet, evaluate_expression, resolve_expression, uses_gradients
+
+DEFAULT_EXPRESSION = "gradcam"
+
+
+def _needs_gradients(params: dict) -> bool:
+    """Only expressions with a gradient terminal (gradcam, gradcampp, xgradcam, relu_grad) need a backward."""
+    return uses_gradients(resolve_expression(params.get("expression", DEFAULT_EXPRESSION)))
+
+
+@register_method("sycam", needs_gradients=_needs_gradients,
+                 summary="SyCAM: channel weights from a (synthesised) expression over CAM terminals")
+def sycam(x: CamInputs, expression: str = DEFAULT_EXPRESSION, chunk_size: int = 0) -> Tensor:
+    """Weights w = e(terminals) (N, K) for the grammar expression ``expression`` [our-reading].
+
+    ``expression`` is grammar text such as ``"relu(gradcam) * act_mean + 0.5"`` (see
+    :mod:`cambench.synthesis`), or ``"file:<path>"`` naming a file written by
+    :func:`cambench.synthesis.write_expression` (e.g. the search's winner). Only the terminals the
+    expression uses are computed; ``score`` and ``ablation`` cost about K model evaluations,
+    chunked by ``chunk_size`` (0: from the memory budget). The default ``"gradcam"`` reproduces
+    Grad-CAM exactly.
+    """
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:
+        raise CamError(f"sycam 'chunk_size' must be an integer >= 0, got {chunk_size!r}")
+    expr = resolve_expression(expression)
+    return evaluate_expression(expr, TerminalSet(x, chunk_size))
