@@ -47,7 +47,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
 def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
               std: list[float] | None = None, widths: list[int] = (16, 32, 64, 64)) -> nn.Module:
     w1, w2, w3, w4 = widths
-    return nn.Sequential(OrderedDict(
+    model = nn.Sequential(OrderedDict(
         normalize=Normalize(mean or [0.5] * in_channels, std or [0.25] * in_channels),
         features=nn.Sequential(OrderedDict(
             block1=_block(in_channels, w1), pool1=nn.MaxPool2d(2),
@@ -57,6 +57,8 @@ def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = N
         flatten=nn.Flatten(),
         fc=nn.Linear(w4, n_classes),
     ))
+    model.cam_fc_layer = "fc"  # the GAP + linear head that CAM (Zhou et al.) reads its weights from
+    return model
 
 
 def build_model(architecture: str, **params) -> nn.Module:
@@ -151,3 +153,4 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
         if progress is not None:
             progress.update(1)
     return history
+from . import multi_exit  # noqa: E402,F401  (registers multi_exit_cnn)
