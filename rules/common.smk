@@ -86,6 +86,40 @@ def model_spec(wildcards):
     return spec
 
 
+SYCAM_SEARCH = "search"  # sycam's expression comes from rule search_sycam
+
+
+def searched_sycam(label, params):
+    params = params or {}
+    return params.get("method", label) == "sycam" and params.get("expression") == SYCAM_SEARCH
+
+
+def model_methods(wildcards):
+    """cam.methods restricted to the model's own list (models.<name>.methods; empty = all)."""
+    chosen = model_spec(wildcards).get("methods") or list(config["cam"]["methods"])
+    return {label: config["cam"]["methods"][label] for label in chosen}
+
+
+def heatmap_inputs(wildcards):
+    model_spec(wildcards)
+    base = f"results/{wildcards.dataset}"
+    inputs = {"dataset": f"{base}/dataset.h5", "model": f"{base}/{wildcards.model}/model.pt"}
+    if any(searched_sycam(label, p) for label, p in model_methods(wildcards).items()):
+        inputs["sycam"] = f"{base}/{wildcards.model}/sycam/expression.txt"
+    return inputs
+
+
+def heatmap_methods(wildcards, input):
+    """cam.methods, with 'expression: search' pointing at this model's searched expression."""
+    methods = {}
+    for label, params in model_methods(wildcards).items():
+        params = dict(params or {})
+        if searched_sycam(label, params):
+            params["expression"] = f"file:{input.sycam}"
+        methods[label] = params
+    return methods
+
+
 def heatmap_files(dataset, model):
     return [
         f"results/{dataset}/{model}/heatmaps/{kind}~{level_label(level)}.h5"

@@ -4,17 +4,17 @@
 
 rule heatmaps:
     input:
-        dataset="results/{dataset}/dataset.h5",
-        model="results/{dataset}/{model}/model.pt",
+        unpack(heatmap_inputs),
     output:
         "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
     params:
         level=level_of,
-        methods=config["cam"]["methods"],
+        methods=heatmap_methods,
         target_layer=lambda w: model_spec(w)["target_layer"],
         split=config["cam"]["split"],
         class_source=config["cam"]["class_source"],
         batch_size=config["cam"]["batch_size"],
+        memory_mb=config["cam"]["memory_mb"],
         dtype=config["cam"]["dtype"],
         seed=config["seed"],
         device=config["device"],

@@ -4,9 +4,10 @@ from cambench.scripting import logged
 
 sm = snakemake  # noqa: F821
 p = sm.params
+searched = [sm.input.sycam] if "sycam" in sm.input.keys() else []  # its checksum joins the provenance
 with logged(sm):
     compute_heatmaps(sm.input.dataset, sm.input.model, sm.output[0], perturbation=sm.wildcards.perturbation,
                      level=p.level, methods=p.methods, target_layer=p.target_layer, split=p.split,
-                     class_source=p.class_source, batch_size=p.batch_size, dtype=p.dtype, seed=p.seed,
-                     device=p.device, names={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model},
-                     config=sm.config)
+                     class_source=p.class_source, batch_size=p.batch_size, memory_mb=p.memory_mb, dtype=p.dtype,
+                     seed=p.seed, device=p.device, extra_inputs=searched,
+                     names={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model}, config=sm.config)

@@ -27,6 +27,13 @@ def with_change(path: str, value):
 DELETE = object()
 
 
+def test_a_method_can_run_under_several_labels():
+    cfg = with_change("cam.methods", {"score_pgc": {"method": "scorecam"},
+                                      "score_tc": {"method": "scorecam", "variant": "torchcam"}})
+    cfg["models"]["shapes_ame"]["methods"] = ["score_pgc"]
+    validate_config(cfg, SCHEMA)
+
+
 def test_default_config_is_valid_and_gets_defaults():
     cfg = validate_config(copy.deepcopy(DEFAULT), SCHEMA)
     assert cfg["datasets"]["shapes"]["channels"] == 3        # filled from the schema
@@ -56,6 +63,21 @@ BAD = [
     ("cam.methods", {"gradcamm": {}}, "config key 'cam.methods.gradcamm': unknown method 'gradcamm'; registered: "),
     ("cam.methods", {"gradcampp": {"epsilon": 1}}, "config key 'cam.methods.gradcampp': unknown parameter"),
     ("cam.methods", {}, "config key 'cam.methods': must not be empty"),
+    ("cam.methods", {"gradcampp": {"eps": "small"}},
+     "config key 'cam.methods.gradcampp': parameter 'eps' of method 'gradcampp' must be a number, got 'small'"),
+    ("cam.methods", {"gradcampp": {"eps": True}},
+     "config key 'cam.methods.gradcampp': parameter 'eps' of method 'gradcampp' must be a number, got True"),
+    ("cam.methods", {"score_fast": {"method": "scorecamm"}},
+     "config key 'cam.methods.score_fast': unknown method 'scorecamm'"),
+    ("cam.methods", {"layercam_ms": {"layers": "features.block2"}},
+     "parameter 'layers' of method 'layercam_ms' must be a list"),
+    ("cam.methods", {"../x": {"method": "gradcam"}}, "cam.methods"),
+    ("cam.memory_mb", 0, "cam.memory_mb"),
+    ("models.shapes_ame.methods", ["amecam", "gradcamm"],
+     "config key 'models.shapes_ame.methods': ['gradcamm'] are not labels of cam.methods"),
+    ("cam.sycam.split", "test", "config key 'cam.sycam.split': 'test' is the evaluation split"),
+    ("cam.sycam.terminals", ["gradcam", "magic"], "config key 'cam.sycam.terminals': unknown ['magic']"),
+    ("cam.methods.sycam", {"expression": "relu(gradcam"}, "config key 'cam.methods.sycam.expression'"),
     ("perturbations", {"gaussian": [0.1, 2.0]}, "config key 'perturbations.gaussian': levels [2.0] out of range"),
     ("perturbations", {"gaussian": [-0.1]}, "config key 'perturbations.gaussian.0'"),
     ("perturbations", {"gaussian": []}, "config key 'perturbations.gaussian': must not be empty"),

@@ -31,7 +31,11 @@ TINY = {
                      "train": {"epochs": 2, "batch_size": 16}},
         "byo_cnn": {"dataset": "byo", "params": {"widths": [4, 8, 8, 8]}, "train": {"epochs": 1}},
     },
-    "cam": {"methods": {"gradcam": {}, "gradcampp": {}, "xgradcam": {}}, "batch_size": 5},
+    "cam": {"methods": {"gradcam": {}, "gradcampp": {}, "xgradcam": {}, "ablationcam": {},
+                        "score_tc": {"method": "scorecam", "variant": "torchcam"}, "sycam": {"expression": "search"}},
+            "sycam": {"images": 8, "metric": "deletion_auc", "metric_params": {"steps": 4}, "max_size": 2,
+                      "terminals": ["gradcam", "act_mean"]},
+            "batch_size": 5},
     "perturbations": {"gaussian": [0.3]},
     "metrics": {"compute": {"deletion_auc": {"steps": 8}, "pointing_game": {"tolerance_px": 2},
                             "consistency": {"similarity": "ssim"}}},
@@ -61,6 +65,20 @@ def workdir(tmp_path_factory):
     return work
 
 
+def test_sycam_search_feeds_the_heatmap_jobs(workdir):
+    """The searched expression is a parseable text file whose method runs under its label."""
+    from cambench.synthesis import format_expression, read_expression
+    for model in ("tiny/tiny_cnn", "byo/byo_cnn"):
+        expression = read_expression(workdir / f"results/{model}/sycam/expression.txt")
+        table = pd.read_csv(workdir / f"results/{model}/sycam/search.csv")
+        assert table.loc[table["best"], "expression"].tolist() == [format_expression(expression)]
+        with h5py.File(workdir / f"results/{model}/heatmaps/none~0.h5") as f:
+            assert {"sycam", "score_tc", "ablationcam"} <= set(f["heatmaps"])
+            params = json.loads(f["heatmaps/score_tc"].attrs["params"])
+            assert params == {"method": "scorecam", "variant": "torchcam"}
+            assert json.loads(f["heatmaps/sycam"].attrs["params"])["expression"].startswith("file:")
+
+
 def test_outputs_exist(workdir):
     for rel in ["results/metrics.parquet", "results/metrics.csv", "results/tables/metric_summary.csv",
                 "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/metric_distributions.png",
@@ -74,9 +92,9 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
                                "prediction", "metric", "value", "score", "params"]
     assert np.isfinite(t["value"]).all()
     tiny = t[t.model == "tiny_cnn"]
-    # one row per image x method x level for deletion and pointing game (12 test images, 2 levels, 3 methods)
+    # one row per image x method x level for deletion and pointing game (12 test images, 2 levels)
     for metric in ("deletion_auc", "pointing_game"):
-        assert len(tiny[tiny.metric == metric]) == 12 * 2 * 3
+        assert len(tiny[tiny.metric == metric]) == 12 * 2 * len(TINY["cam"]["methods"])
     assert set(tiny[tiny.metric == "consistency"].perturbation) <= {"gaussian"}
     assert (tiny[tiny.metric == "deletion_auc"].score == "prob").all()
     # byo has no masks: localisation is absent by design, not NaN
@@ -91,7 +109,7 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
 
 def test_heatmap_file_layout_and_provenance(workdir):
     with h5py.File(workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5") as f:
-        assert sorted(f["heatmaps"]) == ["gradcam", "gradcampp", "xgradcam"]
+        assert sorted(f["heatmaps"]) == sorted(TINY["cam"]["methods"])
         d = f["heatmaps/gradcam"]
         assert d.shape == (12, 32, 32) and d.dtype == np.float16 and d.chunks == (1, 32, 32)
         assert d.compression == "gzip"
@@ -123,7 +141,7 @@ def test_summary_and_statistics(workdir):
     pg = s[(s.metric == "pointing_game")]
     assert (pg["aggregate"] == "class_mean").all() and (pg.ci_low <= pg["mean"]).all() and (pg["mean"] <= pg.ci_high).all()
     f = pd.read_csv(workdir / "results/tables/friedman.csv")
-    assert set(f.test) == {"friedman"} and (f.k == 3).all()
+    assert set(f.test) == {"friedman"} and (f.k == len(TINY["cam"]["methods"])).all()
     assert ((f.effect_size.dropna() >= 0) & (f.effect_size.dropna() <= 1)).all()
 
 

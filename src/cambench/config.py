@@ -98,14 +98,52 @@ def validate_config(config: dict, schema_path: str | Path, workdir: str | Path =
 
 
 def _check_params(registry, spec: dict, key: str) -> None:
-    for name, params in spec.items():
+    for label, params in spec.items():
+        params = dict(params or {})
+        name = params.pop("method", label) if registry.kind == "method" else label
         if name not in registry:
-            raise ConfigError(f"config key '{key}.{name}': unknown {registry.kind} '{name}'; "
+            raise ConfigError(f"config key '{key}.{label}': unknown {registry.kind} '{name}'; "
                               f"registered: {', '.join(registry.names())}")
         try:
-            registry.get(name).check_params(params or {})
+            registry.get(name).check_params(params)
         except ValueError as err:
-            raise ConfigError(f"config key '{key}.{name}': {err}") from None
+            raise ConfigError(f"config key '{key}.{label}': {err}") from None
+
+
+def _check_sycam(config: dict) -> None:
+    """Expressions parse; a searched expression has a usable metric, split and ground truth."""
+    from .synthesis import TERMINALS, parse
+    searched = []
+    for label, params in config["cam"]["methods"].items():
+        params = params or {}
+        if params.get("method", label) != "sycam":
+            continue
+        expression = params.get("expression", "gradcam")
+        if expression == "search":
+            searched.append(label)
+        elif not str(expression).startswith("file:"):
+            try:
+                parse(expression)
+            except ValueError as err:
+                raise ConfigError(f"config key 'cam.methods.{label}.expression': {err}") from None
+    if not searched:
+        return
+    search = config["cam"]["sycam"]
+    if search["split"] == config["cam"]["split"]:
+        raise ConfigError(f"config key 'cam.sycam.split': '{search['split']}' is the evaluation split "
+                          f"(cam.split); search on another split")
+    _check_params(METRICS, {search["metric"]: search.get("metric_params") or {}}, "cam.sycam.metric")
+    unknown = sorted(set(search.get("terminals") or []) - set(TERMINALS))
+    if unknown:
+        raise ConfigError(f"config key 'cam.sycam.terminals': unknown {unknown}; available: {', '.join(TERMINALS)}")
+    if "masks" in METRICS.get(search["metric"]).meta.get("needs", ()):
+        for name, model in config["models"].items():
+            if not set(searched) & set(model.get("methods") or config["cam"]["methods"]):
+                continue
+            dataset = config["datasets"][model["dataset"]]
+            if not (is_standin(dataset) or dataset.get("mask_root")):
+                raise ConfigError(f"config key 'cam.sycam.metric': '{search['metric']}' needs ground-truth "
+                                  f"masks, but dataset '{model['dataset']}' (model '{name}') has no mask_root")
 
 
 def is_standin(dataset: dict) -> bool:
@@ -162,6 +200,12 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
             raise ConfigError(f"config key 'datasets.{model['dataset']}.standin.counts': a 'train' split "
                               f"is needed to train model '{name}'")
     _check_params(METHODS, config["cam"]["methods"], "cam.methods")
+    for name, model in models.items():
+        unknown = [m for m in model.get("methods") or [] if m not in config["cam"]["methods"]]
+        if unknown:
+            raise ConfigError(f"config key 'models.{name}.methods': {unknown} are not labels of cam.methods "
+                              f"({', '.join(config['cam']['methods'])})")
+    _check_sycam(config)
     kinds = {k: v for k, v in config["perturbations"].items()}
     _check_params(PERTURBATIONS, {k: {} for k in kinds}, "perturbations")
     for kind, levels in kinds.items():

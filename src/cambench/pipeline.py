@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .data import generate_shapes, prepare_image_folder, read_dataset
-from .engine import explain_many
+from .engine import explain_many, method_applies
 from .metrics import METRICS, evaluate_applies
 from .models import ARCHITECTURES, accuracy, build_model, load_checkpoint, save_checkpoint, train_classifier
 from .perturbations import perturb
@@ -81,8 +81,9 @@ def train_model(dataset_path: str | Path, output_model: str | Path, output_metri
     model = build_model(architecture, **arch_params).to(dev)
     x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
     start = time.perf_counter()
+    trainer = ARCHITECTURES.get(architecture).meta.get("trainer", train_classifier)
     with _progress(train["epochs"], "train epochs") as bar:
-        history = train_classifier(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
+        history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
                                    lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar)
     seconds = time.perf_counter() - start
     test_acc = accuracy(model, test_set.pixels(slice(None), dev), torch.from_numpy(test_set.labels).to(dev))
@@ -123,6 +124,7 @@ def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: in
 def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: str | Path, *,
                      perturbation: str, level: float, methods: dict, target_layer: str, split: str,
                      class_source: str, batch_size: int, dtype: str, seed: int, device: str = "auto",
+                     memory_mb: float = 1024.0, extra_inputs: list | None = None,
                      names: dict | None = None, config: dict | None = None) -> None:
     """All methods for one (perturbation, level): one forward + backward per batch serves them all."""
     dev = pick_device(device)
@@ -130,9 +132,15 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
     model, payload = _load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     methods = {m: dict(p or {}) for m, p in methods.items()}
-    attrs = {"provenance": _json(provenance(config, [dataset_path, model_path], seed, dev)),
+    skipped = sorted(m for m, p in methods.items() if not method_applies(m, p, model))
+    if skipped:
+        log.info("not applicable to %s (%s), skipped: %s", (names or {}).get("model", model_path),
+                 payload["architecture"], ", ".join(skipped))
+        methods = {m: p for m, p in methods.items() if m not in skipped}
+    inputs = [dataset_path, model_path, *(extra_inputs or [])]
+    attrs = {"provenance": _json(provenance(config, inputs, seed, dev)),
              "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
-             "class_source": class_source, **(names or {})}
+             "class_source": class_source, "skipped_methods": _json(skipped), **(names or {})}
     n = len(ds)
     with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
             _progress(n, f"heatmaps {perturbation}~{level}") as bar:
@@ -140,8 +148,52 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
             index = slice(start, min(start + batch_size, n))
             images = perturbed_pixels(ds, index, perturbation, level, seed, dev)
             targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
-            writer.write(start, explain_many(model, images, methods, layer, targets))
+            writer.write(start, explain_many(model, images, methods, layer, targets, memory_mb=memory_mb))
             bar.update(index.stop - index.start)
+
+
+# ------------------------------------------------------------------------------------------------
+# SyCAM: search a CAM weight expression on a split that is not the evaluation split
+# ------------------------------------------------------------------------------------------------
+
+def search_sycam(dataset_path: str | Path, model_path: str | Path, output_expression: str | Path,
+                 output_table: str | Path, *, target_layer: str, search: dict, class_source: str, seed: int,
+                 device: str = "auto", memory_mb: float = 1024.0, config: dict | None = None) -> dict:
+    """Run :func:`cambench.synthesis.synthesise` on ``search['images']`` images of ``search['split']``
+    and write the best expression (a text file usable as ``sycam: {expression: file:...}``) and
+    the table of every expression scored."""
+    from .synthesis import synthesise, write_expression
+    dev = pick_device(device)
+    ds = read_dataset(dataset_path, search["split"])
+    rng = np.random.default_rng(seed)
+    index = np.sort(rng.choice(len(ds), size=min(search["images"], len(ds)), replace=False))
+    metric = search["metric"]
+    needs = METRICS.get(metric).meta.get("needs", ())
+    if "masks" in needs and ds.masks is None:
+        raise ValueError(f"{dataset_path}: cam.sycam.metric '{metric}' needs ground-truth masks, "
+                         f"which split '{search['split']}' of this dataset does not have")
+    model, payload = _load_model(model_path, dev)
+    layer = target_layer or default_target_layer(payload["architecture"])
+    images = ds.pixels(index, dev)
+    masks = torch.from_numpy(ds.masks[index]).to(dev) if ds.masks is not None and "masks" in needs else None
+    targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
+    params = {**(search.get("metric_params") or {}), "fill": torch.tensor(ds.mean, device=dev)}
+    result = synthesise(model, images, layer, metric=metric, metric_params=params, masks=masks, targets=targets,
+                        max_size=search["max_size"], terminals=search.get("terminals") or None,
+                        time_budget_s=search.get("time_budget_s") or None, seed=seed, memory_mb=memory_mb)
+    log.info("SyCAM: best %r, %s %.4f (%d expressions scored, %d pruned, stopped at %s, %.1fs)",
+             result.best_expression, metric, result.best_score, len(result.table), len(result.pruned),
+             result.stopped, result.elapsed_s)
+    write_expression(output_expression, result.best_expression,
+                     comment=f"SyCAM search (cambench; our reading of arXiv 2504.09998)\n"
+                             f"{'maximised' if result.maximise else 'minimised'} {metric} = {result.best_score:.6f} "
+                             f"on {len(index)} '{search['split']}' images\n"
+                             f"provenance: {_json(provenance(config, [dataset_path, model_path], seed, dev))}")
+    table = pd.DataFrame(result.table, columns=["expression", "size", metric])
+    table["best"] = table["expression"] == result.best_expression
+    with atomic_path(output_table) as tmp:
+        table.to_csv(tmp, index=False)
+    return {"expression": result.best_expression, "score": result.best_score, "scored": len(table)}
 
 
 # ------------------------------------------------------------------------------------------------
