@@ -93,6 +93,8 @@ BAD = [
     ("models.shapes_cnn.architecture", "resnet", "unknown architecture 'resnet'"),
     ("models.shapes_cnn.params", {"depth": 3}, "config key 'models.shapes_cnn.params': unknown parameter"),
     ("models.shapes_cnn.train.lr", 0, "config key 'models.shapes_cnn.train.lr'"),
+    ("models.shapes_cnn.train.aggregator_epochs", 3,
+     "config key 'models.shapes_cnn.train.aggregator_epochs': architecture 'small_cnn' has no second training phase"),
     ("datasets.shapes.standin.classes", ["disk", "hexagon"], "config key 'datasets.shapes.standin.classes.1'"),
     ("datasets.shapes.root", "data/x", "give either 'standin'"),
     ("datasets.shapes.standin.kind", "cifar", "config key 'datasets.shapes.standin.kind'"),

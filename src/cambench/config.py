@@ -6,6 +6,8 @@ then calls :func:`check_config`; :func:`validate_config` does both without Snake
 """
 from __future__ import annotations
 
+import inspect
+
 import math
 from pathlib import Path
 
@@ -192,6 +194,11 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
             ARCHITECTURES.get(model["architecture"]).check_params(model.get("params") or {})
         except ValueError as err:
             raise ConfigError(f"config key '{key}.params': {err}") from None
+        trainer = ARCHITECTURES.get(model["architecture"]).meta.get("trainer")
+        if (model.get("train") or {}).get("aggregator_epochs") and not (
+                trainer and "aggregator_epochs" in inspect.signature(trainer).parameters):
+            raise ConfigError(f"config key '{key}.train.aggregator_epochs': architecture "
+                              f"'{model['architecture']}' has no second training phase")
         standin_split = datasets[model["dataset"]]["standin"]["counts"] if is_standin(datasets[model["dataset"]]) else {}
         if standin_split and config["cam"]["split"] not in standin_split:
             raise ConfigError(f"config key 'cam.split': split '{config['cam']['split']}' is not generated "

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inference import inference_copy
 from .registry import Registry
 from .utils import eval_mode
 
@@ -213,7 +214,8 @@ class _Session:
         self.logits: Tensor | None = None    # logits with the graph from ``leaf`` (if gradients)
         self.inputs: CamInputs | None = None
         self._replay_direct: bool | None = None
-        self._channels_last: bool | None = None
+        self._fast: nn.Module | None = None  # inference copy, inside fast_forwards() only
+        self._fast_images: Tensor | None = None
         self._maps: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
 
     def rows_per_chunk(self, bytes_per_row: int) -> int:
@@ -237,30 +239,24 @@ class _Session:
 
     @contextlib.contextmanager
     def fast_forwards(self):
-        if self._channels_last is not None or self.images.device.type != "cpu" or self.images.ndim != 4:
-            yield self.images
+        if self._fast is not None:  # nested: the outer context already holds the copy
+            yield self._fast_images
             return
-        swapped = []
-        self._channels_last = True
+        self._fast, channels_last = inference_copy(self.model, self.images, self.inputs.logits)
+        self._fast_images = self.images.contiguous(memory_format=torch.channels_last) \
+            if channels_last else self.images  # products of these images inherit the layout
         try:
-            for p in self.model.parameters():
-                if p.ndim == 4 and not p.is_contiguous(memory_format=torch.channels_last):
-                    swapped.append((p, p.data))
-                    p.data = p.data.contiguous(memory_format=torch.channels_last)
-            yield self.images.contiguous(memory_format=torch.channels_last)  # products inherit the layout
+            yield self._fast_images
         finally:
-            for p, data in swapped:
-                p.data = data
-            self._channels_last = None
+            self._fast = self._fast_images = None
 
     def forward(self, inputs: Tensor, chunk: int | None = None) -> Tensor:
         if inputs.shape[0] == 0:
             return inputs.new_zeros((0, self.inputs.logits.shape[1]))
         chunk = chunk or self.input_rows_per_chunk()
-        if self._channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        model = self.model if self._fast is None else self._fast
         with torch.no_grad():
-            return torch.cat([self.model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
+            return torch.cat([model(inputs[i:i + chunk]) for i in range(0, inputs.shape[0], chunk)])
 
     def _run_replaced(self, inputs: Tensor, activations: Tensor) -> Tensor:
         def replace(_module, _inputs, _output):

@@ -5,6 +5,7 @@ tested without Snakemake.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -82,9 +83,12 @@ def train_model(dataset_path: str | Path, output_model: str | Path, output_metri
     x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
     start = time.perf_counter()
     trainer = ARCHITECTURES.get(architecture).meta.get("trainer", train_classifier)
-    with _progress(train["epochs"], "train epochs") as bar:
+    phases = {"aggregator_epochs": train["aggregator_epochs"]} if train.get("aggregator_epochs") else {}
+    two_phase = "aggregator_epochs" in inspect.signature(trainer).parameters
+    total_epochs = train["epochs"] + ((train.get("aggregator_epochs") or train["epochs"]) if two_phase else 0)
+    with _progress(total_epochs, "train epochs") as bar:
         history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
-                                   lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar)
+                          lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar, **phases)
     seconds = time.perf_counter() - start
     test_acc = accuracy(model, test_set.pixels(slice(None), dev), torch.from_numpy(test_set.labels).to(dev))
     result = {"architecture": architecture, "params": {k: v for k, v in params.items()},

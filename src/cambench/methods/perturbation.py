@@ -34,9 +34,10 @@ def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, liv
         rows = live[i:i + chunk]
         img = rows // k
         up = _upsample(flat[rows], size, align)                          # (M, 1, *S)
-        u_lo = up.flatten(1).min(dim=1).values.view((-1,) + (1,) * (up.ndim - 1))
-        u_hi = up.flatten(1).max(dim=1).values.view((-1,) + (1,) * (up.ndim - 1))
-        masks = (up - u_lo) / (u_hi - u_lo + MASK_EPS)
+        u_lo, u_hi = torch.aminmax(up.flatten(1), dim=1)                  # one pass for both
+        shape = (-1,) + (1,) * (up.ndim - 1)
+        masks = (up - u_lo.view(shape)) / (u_hi - u_lo + MASK_EPS).view(shape)
+        # The gather keeps the images' (channels-last) layout, and so does the product.
         logits = x.forward(images[img] * masks, chunk=rows.numel())
         if variant == "official":
             s = logits.softmax(dim=1).gather(1, x.targets[img, None]).squeeze(1)
