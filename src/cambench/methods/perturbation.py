@@ -30,6 +30,10 @@ def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, liv
                    align: bool, scores: Tensor, saliency: Tensor | None) -> None:
     """Fill ``scores`` (and the 'official' saliency) for the (image, channel) rows ``live``, chunk by chunk."""
     size = images.shape[2:]
+    # One buffer for every chunk's masked inputs, in the images' (channels-last) layout: a fresh
+    # allocation per chunk made the forwards measurably slower on CPU.
+    buffer = torch.empty_like(images[:1]).expand(min(chunk, live.numel()), *images.shape[1:]).clone(
+        memory_format=torch.preserve_format)
     for i in range(0, live.numel(), chunk):
         rows = live[i:i + chunk]
         img = rows // k
@@ -37,8 +41,8 @@ def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, liv
         u_lo, u_hi = torch.aminmax(up.flatten(1), dim=1)                  # one pass for both
         shape = (-1,) + (1,) * (up.ndim - 1)
         masks = (up - u_lo.view(shape)) / (u_hi - u_lo + MASK_EPS).view(shape)
-        # The gather keeps the images' (channels-last) layout, and so does the product.
-        logits = x.forward(images[img] * masks, chunk=rows.numel())
+        masked = torch.mul(images[img], masks, out=buffer[:rows.numel()])
+        logits = x.forward(masked, chunk=rows.numel())
         if variant == "official":
             s = logits.softmax(dim=1).gather(1, x.targets[img, None]).squeeze(1)
             saliency.index_add_(0, img, s.view((-1,) + (1,) * len(size)).to(up.dtype) * up.squeeze(1))
