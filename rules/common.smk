@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 try:
     from cambench.config import ConfigError, check_config, is_standin, load_schema, schema_errors
+    from cambench.engine import method_of
     from cambench.perturbations import perturbations as registered_perturbations
 except ImportError as err:
     raise WorkflowError(
@@ -90,8 +91,8 @@ SYCAM_SEARCH = "search"  # sycam's expression comes from rule search_sycam
 
 
 def searched_sycam(label, params):
-    params = params or {}
-    return params.get("method", label) == "sycam" and params.get("expression") == SYCAM_SEARCH
+    name, params = method_of(label, params)
+    return name == "sycam" and params.get("expression") == SYCAM_SEARCH
 
 
 def model_methods(wildcards):

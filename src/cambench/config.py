@@ -7,14 +7,13 @@ then calls :func:`check_config`; :func:`validate_config` does both without Snake
 from __future__ import annotations
 
 import inspect
-
 import math
 from pathlib import Path
 
 import jsonschema
 import yaml
 
-from .engine import METHODS
+from .engine import METHODS, method_of
 from .metrics import METRICS
 from .models import ARCHITECTURES
 from .perturbations import PERTURBATIONS
@@ -101,8 +100,7 @@ def validate_config(config: dict, schema_path: str | Path, workdir: str | Path =
 
 def _check_params(registry, spec: dict, key: str) -> None:
     for label, params in spec.items():
-        params = dict(params or {})
-        name = params.pop("method", label) if registry.kind == "method" else label
+        name, params = method_of(label, params) if registry.kind == "method" else (label, dict(params or {}))
         if name not in registry:
             raise ConfigError(f"config key '{key}.{label}': unknown {registry.kind} '{name}'; "
                               f"registered: {', '.join(registry.names())}")
@@ -117,8 +115,8 @@ def _check_sycam(config: dict) -> None:
     from .synthesis import TERMINALS, parse
     searched = []
     for label, params in config["cam"]["methods"].items():
-        params = params or {}
-        if params.get("method", label) != "sycam":
+        name, params = method_of(label, params)
+        if name != "sycam":
             continue
         expression = params.get("expression", "gradcam")
         if expression == "search":

@@ -102,9 +102,9 @@ class CamInputs:
         return self._session().input_rows_per_chunk()
 
     def fast_forwards(self):
-        """Context for many no-grad forwards: on CPU, 2D convolutions run channels-last (weights
-        converted for the duration and restored after, also on error). Yields the batch images in
-        the layout those forwards want."""
+        """Context in which :meth:`forward` runs the model's inference copy (Conv/BN folded,
+        channels-last on CPU; ``cambench.inference``). Yields the batch images in the copy's layout,
+        so that masked inputs built from them need no conversion."""
         return self._session().fast_forwards()
 
     def replay(self, activations: Tensor, rows: Tensor, chunk: int | None = None) -> Tensor:

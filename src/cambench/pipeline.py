@@ -83,10 +83,10 @@ def train_model(dataset_path: str | Path, output_model: str | Path, output_metri
     x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
     start = time.perf_counter()
     trainer = ARCHITECTURES.get(architecture).meta.get("trainer", train_classifier)
-    phases = {"aggregator_epochs": train["aggregator_epochs"]} if train.get("aggregator_epochs") else {}
-    two_phase = "aggregator_epochs" in inspect.signature(trainer).parameters
-    total_epochs = train["epochs"] + ((train.get("aggregator_epochs") or train["epochs"]) if two_phase else 0)
-    with _progress(total_epochs, "train epochs") as bar:
+    # Two-phase trainers (multi_exit_cnn) take the second phase's epochs; 0 means as many as 'epochs'.
+    phases = {"aggregator_epochs": train.get("aggregator_epochs") or train["epochs"]} \
+        if "aggregator_epochs" in inspect.signature(trainer).parameters else {}
+    with _progress(train["epochs"] + sum(phases.values()), "train epochs") as bar:
         history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
                           lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar, **phases)
     seconds = time.perf_counter() - start

@@ -261,19 +261,19 @@ class _Parser:
             raise _error(self.text, f"unexpected trailing token {tok.text!r} (an operator is missing?)", tok.pos)
         return expr
 
-    def expr(self) -> Expr:
-        left = self.term()
-        while (tok := self.peek()) is not None and tok.kind == "op" and tok.text in "+-":
+    def _left_assoc(self, ops: str, operand: Callable[[], Expr]) -> Expr:
+        """``operand (op operand)*`` for the operators in ``ops``, grouped to the left."""
+        left = operand()
+        while (tok := self.peek()) is not None and tok.kind == "op" and tok.text in ops:
             self.take()
-            left = Binary(tok.text, left, self.term())
+            left = Binary(tok.text, left, operand())
         return left
 
+    def expr(self) -> Expr:
+        return self._left_assoc("+-", self.term)
+
     def term(self) -> Expr:
-        left = self.unary()
-        while (tok := self.peek()) is not None and tok.kind == "op" and tok.text in "*/":
-            self.take()
-            left = Binary(tok.text, left, self.unary())
-        return left
+        return self._left_assoc("*/", self.unary)
 
     def unary(self) -> Expr:
         tok = self.peek()

@@ -275,34 +275,29 @@ def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) ->
     return (mean[:, 1] - mean[:, 0]) / 2, defined
 
 
-@register_metric("road_morf", needs=("model",), higher_is_better=False, family="faithfulness",
-                 summary="ROAD MoRF: mean score change after removing the most relevant pixels (noisy linear imputation)")
-def road_morf(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
-              tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",
-              tol: float = 1e-6, max_iter: int = 0) -> tuple[Tensor, Tensor]:
-    return _value(x, ("morf",), "road_morf", dict(percentiles=percentiles, noise=noise, seed=seed,
-                  tie_noise=tie_noise, volume_mode=volume_mode, score=score, tol=tol, max_iter=max_iter))
+def _road_metric(name: str, orders: tuple[str, ...], higher_is_better: bool, summary: str, what: str):
+    """Register one ROAD variant; the three share every parameter and differ in the orders only."""
+    @register_metric(name, needs=("model",), higher_is_better=higher_is_better, family="faithfulness",
+                     summary=summary)
+    def metric(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
+               tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",
+               tol: float = 1e-6, max_iter: int = 0) -> tuple[Tensor, Tensor]:
+        return _value(x, orders, name, dict(percentiles=percentiles, noise=noise, seed=seed, tie_noise=tie_noise,
+                      volume_mode=volume_mode, score=score, tol=tol, max_iter=max_iter))
+    metric.__name__ = metric.__qualname__ = name
+    metric.__doc__ = f"ROAD {what}\n\n    Parameters:{_DOC_PARAMS}"
+    return metric
 
 
-@register_metric("road_lerf", needs=("model",), higher_is_better=True, family="faithfulness",
-                 summary="ROAD LeRF: mean score change after removing the least relevant pixels (noisy linear imputation)")
-def road_lerf(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
-              tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",
-              tol: float = 1e-6, max_iter: int = 0) -> tuple[Tensor, Tensor]:
-    return _value(x, ("lerf",), "road_lerf", dict(percentiles=percentiles, noise=noise, seed=seed,
-                  tie_noise=tie_noise, volume_mode=volume_mode, score=score, tol=tol, max_iter=max_iter))
-
-
-@register_metric("road_combined", needs=("model",), higher_is_better=True, family="faithfulness",
-                 summary="ROAD combined: mean over percentiles of (LeRF score - MoRF score) / 2")
-def road_combined(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
-                  tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",
-                  tol: float = 1e-6, max_iter: int = 0) -> tuple[Tensor, Tensor]:
-    return _value(x, ("morf", "lerf"), "road_combined", dict(percentiles=percentiles, noise=noise, seed=seed,
-                  tie_noise=tie_noise, volume_mode=volume_mode, score=score, tol=tol, max_iter=max_iter))
-
-
-for _fn, _what in ((road_morf, "MoRF: mean over q of s(imputed) - s(original); lower is better."),
-                   (road_lerf, "LeRF: mean over q of s(imputed) - s(original); higher is better."),
-                   (road_combined, "Combined (pytorch-grad-cam ROADCombined): (LeRF - MoRF) / 2; higher is better.")):
-    _fn.__doc__ = f"ROAD {_what}\n\n    Parameters:{_DOC_PARAMS}"
+road_morf = _road_metric(
+    "road_morf", ("morf",), False,
+    "ROAD MoRF: mean score change after removing the most relevant pixels (noisy linear imputation)",
+    "MoRF: mean over q of s(imputed) - s(original); lower is better.")
+road_lerf = _road_metric(
+    "road_lerf", ("lerf",), True,
+    "ROAD LeRF: mean score change after removing the least relevant pixels (noisy linear imputation)",
+    "LeRF: mean over q of s(imputed) - s(original); higher is better.")
+road_combined = _road_metric(
+    "road_combined", ("morf", "lerf"), True,
+    "ROAD combined: mean over percentiles of (LeRF score - MoRF score) / 2",
+    "Combined (pytorch-grad-cam ROADCombined): (LeRF - MoRF) / 2; higher is better.")

@@ -153,4 +153,6 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
         if progress is not None:
             progress.update(1)
     return history
+
+
 from . import multi_exit  # noqa: E402,F401  (registers multi_exit_cnn)
