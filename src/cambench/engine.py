@@ -16,12 +16,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inference import inference_copy
 from .registry import Registry
-from .utils import eval_mode
+from .utils import eval_mode, upsample
 
 METHODS = Registry("method")
 register_method = METHODS.register
@@ -412,8 +411,7 @@ def postprocess(signed: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
     finite = torch.isfinite(signed).flatten(1).all(dim=1)
     signed = torch.nan_to_num(signed, nan=0.0, posinf=0.0, neginf=0.0)
     maps, constant = _minmax(signed.clamp_min(0))
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
-    maps = F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False).squeeze(1)
+    maps = upsample(maps.unsqueeze(1), size).squeeze(1)
     maps, _ = _minmax(maps)
     flags = constant.to(torch.uint8) * FLAG_CONSTANT + (~finite).to(torch.uint8) * FLAG_NONFINITE
     return maps.clamp_(0, 1), flags

@@ -1,4 +1,4 @@
-"""Small shared helpers: eval mode, devices, atomic file writes."""
+"""Small shared helpers: eval mode, up-sampling, devices, atomic file writes."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +6,10 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}  # by the number of spatial axes
 
 
 @contextlib.contextmanager
@@ -22,6 +25,11 @@ def eval_mode(model: nn.Module | None):
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+def upsample(maps: Tensor, size, align_corners: bool = False) -> Tensor:
+    """(N, C, *s) -> (N, C, *size): linear, bilinear or trilinear interpolation by the spatial axes."""
+    return F.interpolate(maps, size=tuple(size), mode=_INTERPOLATION[maps.ndim - 2], align_corners=align_corners)
 
 
 def pick_device(name: str = "auto") -> torch.device:

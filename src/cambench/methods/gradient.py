@@ -7,10 +7,10 @@ all work in 2D and 3D (methods.md §2.2-2.6).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import CamError, CamInputs, register_method
+from ..utils import upsample
 
 
 @register_method("gradcam", summary="Grad-CAM: spatial mean of the gradient")
@@ -56,8 +56,7 @@ def _layercam_map(a: Tensor, g: Tensor) -> Tensor:
 
 
 def _resize(maps: Tensor, size) -> Tensor:
-    mode = {2: "bilinear", 3: "trilinear"}[maps.ndim - 1]
-    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode=mode, align_corners=False).squeeze(1)
+    return upsample(maps.unsqueeze(1), size).squeeze(1)
 
 
 def _per_map(maps: Tensor, op) -> Tensor:

@@ -7,10 +7,10 @@ combined bin indices, on the images' device.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import CamError, CamInputs, register_method
+from ..utils import upsample
 
 MICAM_PAIRS = ("map_vs_image", "masked_vs_image")
 
@@ -86,7 +86,6 @@ def micam(x: CamInputs, bins: int = 32, normalised: bool = False, pair: str = "m
     pixels = images[0, 0].numel()
     gray = _unit_range(images.mean(dim=1).flatten(1).float())                  # (N, P)
     gray_bins = quantise(gray, bins)
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
     flat = acts.reshape((n * k, 1) + acts.shape[2:])
     # per row: up-sampled map and its bins (float + 2 int64 index arrays) and the histogram
     chunk = x.rows_per_chunk(pixels * 32 + bins * bins * 48)
@@ -94,7 +93,7 @@ def micam(x: CamInputs, bins: int = 32, normalised: bool = False, pair: str = "m
     for start in range(0, n * k, chunk):
         rows = torch.arange(start, min(start + chunk, n * k), device=acts.device)
         image = rows // k
-        up = F.interpolate(flat[rows].float(), size=tuple(size), mode=mode, align_corners=False)
+        up = upsample(flat[rows].float(), size)
         maps = _unit_range(up.flatten(1))
         if pair == "masked_vs_image":
             maps = gray[image] * maps

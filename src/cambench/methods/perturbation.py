@@ -7,18 +7,13 @@ memory budget; everything stays on the images' device.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..engine import REPLAY_MEMORY_FACTOR, CamError, CamInputs, register_method
+from ..utils import upsample
 
 SCORECAM_VARIANTS = ("pgc", "torchcam", "official")
 MASK_EPS = 1e-8  # pytorch-grad-cam's epsilon in the mask normalisation
-
-
-def _upsample(maps: Tensor, size, align_corners: bool) -> Tensor:
-    mode = {2: "bilinear", 3: "trilinear"}[maps.ndim - 2]
-    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=align_corners)
 
 
 def _rows(start: int, stop: int, k: int, device) -> tuple[Tensor, Tensor]:
@@ -37,7 +32,7 @@ def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, liv
     for i in range(0, live.numel(), chunk):
         rows = live[i:i + chunk]
         img = rows // k
-        up = _upsample(flat[rows], size, align)                          # (M, 1, *S)
+        up = upsample(flat[rows], size, align)                           # (M, 1, *S)
         u_lo, u_hi = torch.aminmax(up.flatten(1), dim=1)                  # one pass for both
         shape = (-1,) + (1,) * (up.ndim - 1)
         masks = (up - u_lo.view(shape)) / (u_hi - u_lo + MASK_EPS).view(shape)

@@ -12,9 +12,11 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
@@ -117,42 +119,60 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     return float(correct) / max(len(labels), 1)
 
 
-def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, batch_size: int,
-                     lr: float, weight_decay: float, seed: int, progress=None) -> list[dict]:
-    """Adam with a cosine schedule and random flips; returns per-epoch loss and train accuracy.
+def run_epochs(params: list[nn.Parameter], images: Tensor, step: Callable[[Tensor, Tensor], tuple[Tensor, dict]],
+               *, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
+               before_epoch: Callable[[], None], what: str, progress=None) -> list[dict]:
+    """The training loop of every trainer: AdamW, one-cycle schedule, random flips of the last axis.
 
-    ``images`` are float pixels on the training device. Deterministic for a given seed on CPU.
+    ``step(x, idx)`` returns the batch loss and per-batch sums to report. Shuffling and flips come
+    from a CPU generator seeded with ``seed``, so a run is deterministic for a seed on CPU.
     """
+    n = images.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(labels) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
-    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(n / batch_size),
+                                                pct_start=0.2)
     history = []
     for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(labels), generator=gen).to(images.device)
-        total, correct, start = 0.0, 0, time.perf_counter()
-        for i in range(0, len(labels), batch_size):
+        before_epoch()
+        order = torch.randperm(n, generator=gen).to(images.device)
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            x, y = images[idx], labels[idx]
+            x = images[idx]
             flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            x = torch.where(flip.view((-1,) + (1,) * (x.ndim - 1)), x.flip(-1), x)
+            loss, stats = step(x, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "loss": total / len(labels), "train_accuracy": correct / len(labels),
-                        "seconds": time.perf_counter() - start})
-        log.info("epoch %d/%d loss %.4f train acc %.4f", epoch + 1, epochs, history[-1]["loss"],
-                 history[-1]["train_accuracy"])
+            for key, value in {"loss": float(loss.detach()) * len(idx), **stats}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}, "seconds": time.perf_counter() - start}
+        history.append(record)
+        accuracy_text = f" train acc {record['train_accuracy']:.4f}" if "train_accuracy" in record else ""
+        log.info("%s epoch %d/%d loss %.4f%s", what, epoch + 1, epochs, record["loss"], accuracy_text)
         if progress is not None:
             progress.update(1)
     return history
+
+
+def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: int, batch_size: int,
+                     lr: float, weight_decay: float, seed: int, progress=None) -> list[dict]:
+    """AdamW with a one-cycle schedule and random flips; returns per-epoch loss and train accuracy.
+
+    ``images`` are float pixels on the training device. Deterministic for a given seed on CPU.
+    """
+    def step(x: Tensor, idx: Tensor) -> tuple[Tensor, dict]:
+        y = labels[idx]
+        logits = model(x)
+        return F.cross_entropy(logits, y), {"train_accuracy": int((logits.argmax(1) == y).sum())}
+
+    return run_epochs(list(model.parameters()), images, step, epochs=epochs, batch_size=batch_size, lr=lr,
+                      weight_decay=weight_decay, seed=seed, before_epoch=model.train, what="classifier",
+                      progress=progress)
 
 
 from . import multi_exit  # noqa: E402,F401  (registers multi_exit_cnn)

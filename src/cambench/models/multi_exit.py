@@ -24,19 +24,15 @@ with the signature of ``train_classifier``.
 """
 from __future__ import annotations
 
-import logging
-import math
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ARCHITECTURES, Normalize
-
-log = logging.getLogger(__name__)
+from ..utils import upsample
+from . import ARCHITECTURES, Normalize, run_epochs
 
 NORM_OFFSET = 1e-5   # the code's min-max: (M - min + 1e-5) / (max - min + 1e-5)
 COS_CLAMP = (0.0005, 0.9995)  # the code clamps every cosine similarity into this range
@@ -49,12 +45,6 @@ def _conv_bn_relu(dims: int, c_in: int, c_out: int) -> nn.Sequential:
     conv, bn, _ = _LAYERS[dims]
     return nn.Sequential(OrderedDict(conv=conv(c_in, c_out, 3, padding=1, bias=False),
                                      bn=bn(c_out), relu=nn.ReLU(inplace=True)))
-
-
-def _upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
-    """(N, L, *s) -> (N, L, *size), bilinear / trilinear with align_corners=False (as the code)."""
-    mode = {2: "bilinear", 3: "trilinear"}[maps.ndim - 2]
-    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
 
 
 def offset_minmax(maps: Tensor) -> Tensor:
@@ -152,7 +142,7 @@ class MultiExitCNN(nn.Module):
         maps = []
         for out in self.exit_outputs(images):
             index = targets.view((-1, 1) + (1,) * (out.ndim - 2)).expand((-1, 1) + out.shape[2:])
-            maps.append(_upsample(out.gather(1, index), images.shape[2:]))
+            maps.append(upsample(out.gather(1, index), images.shape[2:]))  # align_corners=False, as the code
         return torch.cat(maps, dim=1)
 
     def aggregate(self, images: Tensor, maps: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,45 +224,6 @@ def _device(model: nn.Module, device) -> torch.device:
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
-def _run_epochs(params: list[nn.Parameter], images: Tensor, step: Callable[[Tensor, Tensor], tuple[Tensor, dict]],
-                *, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int,
-                before_epoch: Callable[[], None], what: str, progress=None) -> list[dict]:
-    """train_classifier's loop: AdamW, one-cycle schedule, random flips of the last axis.
-
-    ``step(x, idx)`` returns the batch loss and per-batch sums to report. Shuffling and flips come
-    from a CPU generator seeded with ``seed``, so a run is deterministic for a seed on CPU.
-    """
-    n = images.shape[0]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(n / batch_size),
-                                                pct_start=0.2)
-    history = []
-    for epoch in range(epochs):
-        before_epoch()
-        order = torch.randperm(n, generator=gen).to(images.device)
-        sums: dict[str, float] = {}
-        start = time.perf_counter()
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            x = images[idx]
-            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(x.device)
-            x = torch.where(flip.view((-1,) + (1,) * (x.ndim - 1)), x.flip(-1), x)
-            loss, stats = step(x, idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for key, value in {"loss": float(loss.detach()) * len(idx), **stats}.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
-        record = {"epoch": epoch + 1, **{k: v / n for k, v in sums.items()}, "seconds": time.perf_counter() - start}
-        history.append(record)
-        log.info("%s epoch %d/%d loss %.4f", what, epoch + 1, epochs, record["loss"])
-        if progress is not None:
-            progress.update(1)
-    return history
-
-
 def _lambdas(lambdas: Sequence[float] | None, n_exits: int) -> Tensor:
     if lambdas is None:  # 0.25 ... 1.0 from shallow to deep: the code's [0.25, 0.5, 0.75, 1.0] for 4 exits
         return torch.linspace(0.25, 1.0, n_exits) if n_exits > 1 else torch.ones(1)
@@ -313,7 +264,7 @@ def train_multi_exit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
     def before_epoch() -> None:
         model.train()
 
-    history = _run_epochs(params, images, step, epochs=epochs, batch_size=batch_size, lr=lr,
+    history = run_epochs(params, images, step, epochs=epochs, batch_size=batch_size, lr=lr,
                           weight_decay=weight_decay, seed=seed, before_epoch=before_epoch,
                           what="multi-exit", progress=progress)
     model.eval()
@@ -363,7 +314,7 @@ def train_aggregator(model: nn.Module, images: Tensor, labels: Tensor | None = N
         model.aggregator.train()
 
     try:
-        history = _run_epochs(list(model.aggregator.parameters()), images, step, epochs=epochs,
+        history = run_epochs(list(model.aggregator.parameters()), images, step, epochs=epochs,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                               before_epoch=before_epoch, what="aggregator", progress=progress)
     finally:
