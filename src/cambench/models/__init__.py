@@ -44,7 +44,7 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
                                      bn=nn.BatchNorm2d(c_out), relu=nn.ReLU(inplace=True)))
 
 
-@ARCHITECTURES.register("small_cnn", default_target_layer="features.block4",
+@ARCHITECTURES.register("small_cnn", dims=2, default_target_layer="features.block4",
                         summary="4 conv blocks, 2 max-pools, global average pooling + linear (a CAM-able head)")
 def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
               std: list[float] | None = None, widths: list[int] = (16, 32, 64, 64)) -> nn.Module:
@@ -64,7 +64,8 @@ def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = N
 
 
 def build_model(architecture: str, **params) -> nn.Module:
-    entry = ARCHITECTURES.get(architecture)
+    """A registered architecture, or ``module:function`` (see ``external.resolve_architecture``)."""
+    entry = resolve_architecture(architecture)
     entry.check_params({k: v for k, v in params.items() if k not in ("n_classes",)})
     return entry.fn(**params)
 
@@ -176,3 +177,5 @@ def train_classifier(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
 
 
 from . import multi_exit  # noqa: E402,F401  (registers multi_exit_cnn)
+from . import zoo  # noqa: E402,F401  (registers cifake_cnn, small_cnn3d, attention_cnn)
+from .external import load_weights, resolve_architecture  # noqa: E402,F401  (registers resnet18/50, vgg16/19)
