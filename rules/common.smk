@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 try:
     from cambench.config import ConfigError, check_config, is_standin, load_schema, schema_errors
+    from cambench.data import standin_format, standin_writes_masks
     from cambench.engine import method_of
     from cambench.perturbations import perturbations as registered_perturbations
 except ImportError as err:
@@ -64,6 +65,12 @@ def model_pairs():
     return [(spec["dataset"], name) for name, spec in MODELS.items()]
 
 
+def dataset_format(wildcards):
+    """The dataset's source format; a stand-in is written in its own kind's format."""
+    spec = DATASETS[wildcards.dataset]
+    return standin_format(spec["standin"]["kind"]) if is_standin(spec) else spec["format"]
+
+
 def dataset_source(wildcards):
     """Folder the dataset is prepared from: the generated stand-in or the configured root."""
     spec = DATASETS[wildcards.dataset]
@@ -72,12 +79,15 @@ def dataset_source(wildcards):
 
 def image_root(wildcards):
     spec = DATASETS[wildcards.dataset]
-    return f"resources/{wildcards.dataset}/images" if is_standin(spec) else spec["root"]
+    return f"resources/{wildcards.dataset}/data" if is_standin(spec) else spec["root"]
 
 
 def mask_root(wildcards):
+    """Masks by image id: the stand-in's own (2D formats without native masks) or the configured folder."""
     spec = DATASETS[wildcards.dataset]
-    return f"resources/{wildcards.dataset}/masks" if is_standin(spec) else spec["mask_root"]
+    if not is_standin(spec):
+        return spec["mask_root"]
+    return f"resources/{wildcards.dataset}/masks" if standin_writes_masks(spec["standin"]["kind"]) else ""
 
 
 def model_spec(wildcards):

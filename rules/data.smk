@@ -1,4 +1,5 @@
-# Data: a synthetic stand-in (no download) or the user's class-folder image set -> dataset HDF5.
+# Data: a synthetic stand-in written in a real layout (no download), or the user's data in that
+# layout -> dataset HDF5. One reader per format (cambench.data.formats).
 
 
 rule generate_standin:
@@ -23,9 +24,12 @@ rule prepare_dataset:
     output:
         "results/{dataset}/dataset.h5",
     params:
+        format=dataset_format,
         root=image_root,
         mask_root=mask_root,
+        options=lambda w: DATASETS[w.dataset]["options"],
         channels=lambda w: DATASETS[w.dataset]["channels"],
+        seed=config["seed"],
     log:
         "results/logs/prepare_dataset/{dataset}.log",
     benchmark:

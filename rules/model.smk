@@ -4,6 +4,7 @@
 rule train_model:
     input:
         dataset="results/{dataset}/dataset.h5",
+        weights=lambda w: MODELS[w.model]["weights"] or [],
     output:
         model="results/{dataset}/{model}/model.pt",
         metrics="results/{dataset}/{model}/train.json",

@@ -1,9 +1,5 @@
 """The whole Snakemake workflow on a tiny config, run for real (seconds, not minutes)."""
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,8 +9,7 @@ import yaml
 
 from cambench.data import generate_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW = ["Snakefile", "rules", "scripts", "config", "reports", "envs", "profiles"]
+from workflow_helpers import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -44,20 +39,10 @@ TINY = {
 }
 
 
-def snakemake(workdir, *args, check=True):
-    run = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, capture_output=True, text=True,
-                         timeout=900)
-    if check and run.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}")
-    return run
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     work = tmp_path_factory.mktemp("workflow")
-    for name in WORKFLOW:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    copy_workflow(work)
     generate_shapes(work / "mydata", work / "unused_masks", {"train": 10, "test": 3}, classes=["ring", "diamond"],
                     image_size=32, seed=5)
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
@@ -159,9 +144,7 @@ def test_report_and_nothing_left_to_do(workdir):
     ("datasets", {"shapes": {"root": "does/not/exist"}}, "config key 'datasets.shapes.root': folder not found"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, section, change, key):
-    for name in WORKFLOW:
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_workflow(tmp_path)
     config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
     config[section].update(change)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))

@@ -15,7 +15,7 @@ import yaml
 
 from .engine import METHODS, method_of
 from .metrics import METRICS
-from .models import ARCHITECTURES
+from .models import ARCHITECTURES, resolve_architecture
 from .perturbations import PERTURBATIONS
 
 # Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
@@ -146,6 +146,96 @@ def _check_sycam(config: dict) -> None:
                                   f"masks, but dataset '{model['dataset']}' (model '{name}') has no mask_root")
 
 
+def _check_dataset(name: str, ds: dict, split: str, workdir: Path) -> None:
+    """Format, options, stand-in parameters, and (for real data) the layout on disk."""
+    from .data import FORMATS, DataError, check_source, standin_format
+    key = f"datasets.{name}"
+    fmt = ds.get("format", "imagefolder")
+    if is_standin(ds):
+        kind = ds["standin"]["kind"]
+        implied = standin_format(kind)
+        if fmt not in ("imagefolder", implied):
+            raise ConfigError(f"config key '{key}.format': stand-in '{kind}' is written in format '{implied}', "
+                              f"not '{fmt}'; drop 'format' or make them agree")
+        fmt = implied
+        if ds.get("root") or ds.get("mask_root"):
+            raise ConfigError(f"config key '{key}': give either 'standin' (generated into "
+                              f"resources/{name}/) or 'root'/'mask_root', not both")
+        if not ds["standin"].get("counts"):
+            raise ConfigError(f"config key '{key}.standin.counts': must not be empty")
+        params = ds["standin"].get("params") or {}
+        if kind == "shapes" and params:
+            raise ConfigError(f"config key '{key}.standin.params': the shapes stand-in takes its keys "
+                              f"(classes, image_size, clutter, noise) in 'standin' itself")
+        if kind != "shapes":
+            generator = FORMATS.get(fmt).meta["standin"]
+            allowed = {p.name: p.default for p in inspect.signature(generator).parameters.values()
+                       if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("counts", "seed")}
+            unknown = sorted(set(params) - set(allowed))
+            if unknown:
+                raise ConfigError(f"config key '{key}.standin.params': unknown parameter(s) {unknown} of the "
+                                  f"'{kind}' stand-in; allowed: {sorted(allowed) or 'none'}")
+    entry = FORMATS.get(fmt)
+    try:
+        entry.check_params(ds.get("options") or {})
+    except ValueError as err:
+        raise ConfigError(f"config key '{key}.options': {err}") from None
+    if ds.get("mask_root") and entry.meta["dims"] != 2:
+        raise ConfigError(f"config key '{key}.mask_root': format '{fmt}' reads its own masks; "
+                          f"mask_root is for 2D image formats")
+    if entry.meta["splits"] == "assigned" and split not in ("train", "test"):
+        raise ConfigError(f"config key 'cam.split': format '{fmt}' of dataset '{name}' has the splits "
+                          f"train and test (options.test_fraction), not '{split}'")
+    if is_standin(ds):
+        return
+    layout = entry.meta["layout"]
+    if not ds.get("root"):
+        raise ConfigError(f"config key '{key}.root': required unless a stand-in is generated (standin.kind) "
+                          f"(format '{fmt}': {layout})")
+    for sub in ("root", "mask_root"):
+        if ds.get(sub) and not (workdir / ds[sub]).is_dir():
+            raise ConfigError(f"config key '{key}.{sub}': folder not found: {ds[sub]} (format '{fmt}', "
+                              f"expected layout {layout})")
+    root = workdir / ds["root"]
+    try:
+        check_source(fmt, root, ds.get("options") or {})
+    except DataError as err:
+        raise ConfigError(f"config key '{key}.root': {err}") from None
+    if fmt == "imagefolder":
+        for needed, why in (("train", "models train on it"), (split, "cam.split")):
+            if not (root / needed).is_dir():
+                raise ConfigError(f"config key '{key}.root': no '{needed}' split folder ({why}) in {ds['root']}; "
+                                  f"found: {sorted(p.name for p in root.iterdir() if p.is_dir())} "
+                                  f"(expected layout {layout})")
+
+
+def _native_standin_splits(ds: dict) -> dict:
+    """A stand-in's counts per split, for formats whose layout names the splits (else {})."""
+    from .data import FORMATS, standin_format
+    if not is_standin(ds) or FORMATS.get(standin_format(ds["standin"]["kind"])).meta["splits"] != "native":
+        return {}
+    return ds["standin"]["counts"]
+
+
+def dataset_dims(ds: dict) -> int:
+    """2 for image items, 3 for volume items, from the dataset's format and options."""
+    from .data import item_dims, standin_format
+    fmt = standin_format(ds["standin"]["kind"]) if is_standin(ds) else ds.get("format", "imagefolder")
+    return item_dims(fmt, ds.get("options") or {})
+
+
+def _check_dims(name: str, model: dict, arch, ds: dict) -> None:
+    """A 2D model on volumes (or the reverse) would fail deep inside torch; say so up front."""
+    dims = (model.get("params") or {}).get("dims", arch.meta.get("dims", arch.parameters().get("dims")))
+    if dims is None:
+        return
+    have = dataset_dims(ds)
+    if int(dims) != have:
+        raise ConfigError(f"config key 'models.{name}.architecture': '{model['architecture']}' takes "
+                          f"{dims}D inputs, but dataset '{model['dataset']}' holds {have}D "
+                          f"{'volumes' if have == 3 else 'images'}")
+
+
 def is_standin(dataset: dict) -> bool:
     return dataset.get("standin", {}).get("kind", "none") != "none"
 
@@ -159,45 +249,39 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
     if not models:
         raise ConfigError("config key 'models': must not be empty")
     for name, ds in datasets.items():
-        key = f"datasets.{name}"
-        if is_standin(ds):
-            if ds.get("root") or ds.get("mask_root"):
-                raise ConfigError(f"config key '{key}': give either 'standin' (generated into "
-                                  f"resources/{name}/) or 'root'/'mask_root', not both")
-            counts = ds["standin"].get("counts", {})
-            if not counts:
-                raise ConfigError(f"config key '{key}.standin.counts': must not be empty")
-        else:
-            if not ds.get("root"):
-                raise ConfigError(f"config key '{key}.root': required unless a stand-in is generated (standin.kind) "
-                                  f"(a folder laid out as <root>/<split>/<class>/<image file>)")
-            for sub in ("root", "mask_root"):
-                if ds.get(sub) and not (workdir / ds[sub]).is_dir():
-                    raise ConfigError(f"config key '{key}.{sub}': folder not found: {ds[sub]} "
-                                      f"(expected layout <root>/<split>/<class>/<image file>)")
-            root = workdir / ds["root"]
-            split = config["cam"]["split"]
-            if not (root / split).is_dir():
-                raise ConfigError(f"config key '{key}.root': no '{split}' split folder (cam.split) in "
-                                  f"{ds['root']}; found: {sorted(p.name for p in root.iterdir() if p.is_dir())}")
+        _check_dataset(name, ds, config["cam"]["split"], workdir)
     for name, model in models.items():
         key = f"models.{name}"
         if model["dataset"] not in datasets:
             raise ConfigError(f"config key '{key}.dataset': unknown dataset '{model['dataset']}'; "
                               f"defined: {', '.join(datasets)}")
-        if model["architecture"] not in ARCHITECTURES:
-            raise ConfigError(f"config key '{key}.architecture': unknown architecture "
-                              f"'{model['architecture']}'; registered: {', '.join(ARCHITECTURES.names())}")
         try:
-            ARCHITECTURES.get(model["architecture"]).check_params(model.get("params") or {})
+            arch = resolve_architecture(model["architecture"])
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"config key '{key}.architecture': {err}; registered: "
+                              f"{', '.join(ARCHITECTURES.names())} (or 'module:function')") from None
+        try:
+            arch.check_params(model.get("params") or {})
         except ValueError as err:
             raise ConfigError(f"config key '{key}.params': {err}") from None
-        trainer = ARCHITECTURES.get(model["architecture"]).meta.get("trainer")
+        if not (model.get("target_layer") or arch.meta.get("default_target_layer")):
+            raise ConfigError(f"config key '{key}.target_layer': architecture '{model['architecture']}' has no "
+                              f"default target layer; name one (a dotted module name, e.g. net.layer4)")
+        trainer = arch.meta.get("trainer")
         if (model.get("train") or {}).get("aggregator_epochs") and not (
                 trainer and "aggregator_epochs" in inspect.signature(trainer).parameters):
             raise ConfigError(f"config key '{key}.train.aggregator_epochs': architecture "
                               f"'{model['architecture']}' has no second training phase")
-        standin_split = datasets[model["dataset"]]["standin"]["counts"] if is_standin(datasets[model["dataset"]]) else {}
+        weights = model.get("weights") or ""
+        if weights and not (workdir / weights).is_file():
+            raise ConfigError(f"config key '{key}.weights': file not found: {weights} "
+                              f"(a local weights file; nothing is downloaded)")
+        if model.get("weights_exclude") and not weights:
+            raise ConfigError(f"config key '{key}.weights_exclude': set only together with '{key}.weights'")
+        if (model.get("train") or {}).get("epochs", 1) == 0 and not weights:
+            raise ConfigError(f"config key '{key}.train.epochs': 0 epochs (no training) needs '{key}.weights'")
+        _check_dims(name, model, arch, datasets[model["dataset"]])
+        standin_split = _native_standin_splits(datasets[model["dataset"]])
         if standin_split and config["cam"]["split"] not in standin_split:
             raise ConfigError(f"config key 'cam.split': split '{config['cam']['split']}' is not generated "
                               f"by datasets.{model['dataset']}.standin.counts ({', '.join(standin_split)})")

@@ -17,10 +17,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .data import generate_shapes, prepare_image_folder, read_dataset
+from .data import generate_standin as generate_standin_files
+from .data import prepare, read_dataset
 from .engine import explain_many, method_applies
 from .metrics import METRICS, evaluate_applies
-from .models import ARCHITECTURES, accuracy, build_model, load_checkpoint, save_checkpoint, train_classifier
+from .models import (accuracy, build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
+                     train_classifier)
 from .perturbations import perturb
 from .provenance import provenance
 from .store import HeatmapWriter, read_heatmaps
@@ -46,22 +48,26 @@ def _json(obj) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def generate_standin(output_dir: str | Path, spec: dict, seed: int) -> dict:
-    """Write the synthetic class-folder image set to <output_dir>/images and <output_dir>/masks."""
+    """Write the stand-in of ``spec['kind']`` in its real layout: <output_dir>/data (+ /masks)."""
     out = Path(output_dir)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    n = generate_shapes(tmp / "images", tmp / "masks", counts=spec["counts"], classes=spec["classes"],
-                        image_size=spec["image_size"], clutter=spec["clutter"], noise=spec["noise"], seed=seed)
+    params = dict(spec.get("params") or {})
+    if spec["kind"] == "shapes":  # the shapes generator's own keys sit in the stand-in block itself
+        params.update({k: spec[k] for k in ("classes", "image_size", "clutter", "noise") if k in spec})
+    generate_standin_files(spec["kind"], tmp, counts=spec["counts"], seed=seed, **params)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    log.info("wrote %d stand-in images to %s", n, out)
-    return {"images": n}
+    n = sum(1 for p in (out / "data").rglob("*") if p.is_file())
+    log.info("wrote %d stand-in files (%s) to %s", n, spec["kind"], out)
+    return {"files": n}
 
 
-def prepare_dataset(root: str | Path, output: str | Path, mask_root: str | Path | None, channels: int,
+def prepare_dataset(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | Path | None = None,
+                    options: dict | None = None, channels: int = 3, seed: int = 0,
                     config: dict | None = None) -> dict:
-    summary = prepare_image_folder(root, output, mask_root=mask_root or None, channels=channels,
-                                   attrs={"provenance": _json(provenance(config))})
+    summary = prepare(fmt, root, output, mask_root=mask_root or None, options=options, seed=seed,
+                      channels=channels, attrs={"provenance": _json(provenance(config))})
     log.info("prepared %s: %s", output, summary)
     return summary
 
@@ -72,30 +78,40 @@ def prepare_dataset(root: str | Path, output: str | Path, mask_root: str | Path 
 
 def train_model(dataset_path: str | Path, output_model: str | Path, output_metrics: str | Path, *,
                 architecture: str, params: dict, train: dict, seed: int, device: str = "auto",
-                eval_split: str = "test", config: dict | None = None) -> dict:
+                eval_split: str = "test", weights: str = "", weights_exclude: list[str] = (),
+                config: dict | None = None) -> dict:
+    """Build, optionally load local ``weights``, train (unless ``train['epochs']`` is 0), record
+    accuracy on ``eval_split``, and write the checkpoint."""
     dev = pick_device(device)
     train_set = read_dataset(dataset_path, "train")
     test_set = read_dataset(dataset_path, eval_split)
     arch_params = {"n_classes": len(train_set.class_names), "in_channels": int(train_set.images.shape[1]),
                    "mean": train_set.mean, "std": train_set.std, **params}
     torch.manual_seed(seed)
-    model = build_model(architecture, **arch_params).to(dev)
+    model = build_model(architecture, **arch_params)
+    loaded = load_weights(model, weights, exclude=list(weights_exclude)) if weights else None
+    if loaded:
+        log.info("weights from %s: %s", weights, loaded)
+    model = model.to(dev)
     x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
     start = time.perf_counter()
-    trainer = ARCHITECTURES.get(architecture).meta.get("trainer", train_classifier)
+    trainer = resolve_architecture(architecture).meta.get("trainer", train_classifier)
     # Two-phase trainers (multi_exit_cnn) take the second phase's epochs; 0 means as many as 'epochs'.
     phases = {"aggregator_epochs": train.get("aggregator_epochs") or train["epochs"]} \
         if "aggregator_epochs" in inspect.signature(trainer).parameters else {}
-    with _progress(train["epochs"] + sum(phases.values()), "train epochs") as bar:
-        history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"],
-                          lr=train["lr"], weight_decay=train["weight_decay"], seed=seed, progress=bar, **phases)
+    history = []
+    if train["epochs"]:  # 0 epochs: the loaded weights as they are
+        with _progress(train["epochs"] + sum(phases.values()), "train epochs") as bar:
+            history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                              weight_decay=train["weight_decay"], seed=seed, progress=bar, **phases)
     seconds = time.perf_counter() - start
     test_acc = accuracy(model, test_set.pixels(slice(None), dev), torch.from_numpy(test_set.labels).to(dev))
     result = {"architecture": architecture, "params": {k: v for k, v in params.items()},
               "train_accuracy": accuracy(model, x, y), "test_accuracy": test_acc, "eval_split": eval_split,
               "n_train": len(train_set), "n_test": len(test_set), "chance": 1 / len(train_set.class_names),
-              "train_seconds": seconds, "history": history,
-              "provenance": provenance(config, [dataset_path], seed, dev)}
+              "train_seconds": seconds, "history": history, "epochs": train["epochs"],
+              "weights": str(weights or ""), "weights_loaded": loaded,
+              "provenance": provenance(config, [dataset_path, *([weights] if weights else [])], seed, dev)}
     log.info("test accuracy %.4f (train %.4f) in %.1fs", test_acc, result["train_accuracy"], seconds)
     minimum = train.get("min_test_accuracy", 0.0)
     if test_acc < minimum:
@@ -113,7 +129,7 @@ def _load_model(model_path: str | Path, dev: torch.device):
 
 
 def default_target_layer(architecture: str) -> str:
-    return ARCHITECTURES.get(architecture).meta["default_target_layer"]
+    return resolve_architecture(architecture).meta.get("default_target_layer", "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,7 +338,8 @@ def models_table(train_jsons: dict[str, str], output: str | Path) -> pd.DataFram
         info = json.loads(Path(path).read_text())
         rows.append({"model": name, "architecture": info["architecture"], "train_accuracy": info["train_accuracy"],
                      "test_accuracy": info["test_accuracy"], "chance": info["chance"], "n_train": info["n_train"],
-                     "n_test": info["n_test"], "epochs": len(info["history"]),
+                     "n_test": info["n_test"], "epochs": info.get("epochs", len(info["history"])),
+                     "weights": info.get("weights", ""),
                      "train_seconds": round(info["train_seconds"], 1)})
     table = pd.DataFrame(rows)
     with atomic_path(output) as tmp:

@@ -31,30 +31,48 @@ def _save(fig, output) -> None:
     plt.close(fig)
 
 
+def _display_slice(mask: np.ndarray | None, first_map: np.ndarray) -> int:
+    """Axial slice shown for a volume: the one with the most ground truth, else the first map's peak."""
+    if mask is not None and mask.any():
+        return int(mask.reshape(mask.shape[0], -1).sum(1).argmax())
+    return int(np.unravel_index(np.argmax(first_map), first_map.shape)[0])
+
+
 def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: str, n_images: int) -> None:
     """Rows: images (spread over classes). Columns: the image with its ground-truth outline, then one
-    overlay per method with the map's peak marked (x) and whether it hits the object."""
+    overlay per method with the map's peak marked (x). Volumes show one axial slice per row (the
+    one with the most ground truth, else the first method's peak); a peak on another slice is
+    drawn as a hollow marker at its in-plane position."""
     ds = read_dataset(dataset_path, split)
     hm = read_heatmaps(heatmaps_path)
     rows = _pick(ds.labels, n_images)
     methods = list(hm.maps)
+    volume = ds.images.ndim == 5
     fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.9 * len(rows)),
                              squeeze=False)
     for r, i in enumerate(rows):
-        img = ds.images[i].transpose(1, 2, 0)
-        img = img[..., 0] if img.shape[-1] == 1 else img
+        mask = ds.masks[i] if ds.masks is not None else None
+        z = _display_slice(mask, hm.maps[methods[0]][i]) if volume and methods else None
+        image = ds.images[i][:, z] if volume else ds.images[i]
+        img = image.transpose(1, 2, 0)
+        img = img if img.shape[-1] == 3 else img[..., 0]  # grey, or the first of several modalities
         ax = axes[r, 0]
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        if ds.masks is not None:
-            ax.contour(ds.masks[i], levels=[0.5], colors="white", linewidths=0.8)
+        if mask is not None:
+            shown = mask[z] if volume else mask
+            if shown.any():
+                ax.contour(shown, levels=[0.5], colors="white", linewidths=0.8)
         truth, pred = ds.class_names[ds.labels[i]], ds.class_names[hm.predictions[i]]
-        ax.set_title(f"{truth} → {pred}", fontsize=7)
+        ax.set_title(f"{truth} → {pred}" + (f" (z={z})" if volume else ""), fontsize=7)
         for c, m in enumerate(methods, start=1):
             ax = axes[r, c]
+            heat = hm.maps[m][i]
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-            ax.imshow(hm.maps[m][i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            py, px = peak_coordinates(torch.from_numpy(hm.maps[m][i][None]))[0].tolist()
-            ax.plot(px, py, marker="x", color="white", markersize=6, mew=2)
+            ax.imshow(heat[z] if volume else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            peak = peak_coordinates(torch.from_numpy(heat[None]).float())[0].tolist()
+            on_slice = not volume or peak[0] == z
+            ax.plot(peak[-1], peak[-2], marker="x" if on_slice else "o", color="white", markersize=6,
+                    mew=2, fillstyle="full" if on_slice else "none")
             if r == 0:
                 ax.set_title(m, fontsize=8)
     for ax in axes.flat:

@@ -1,7 +1,56 @@
-"""Datasets: stand-in generators and format readers, all writing the dataset HDF5 (see dataset.py)."""
-from .dataset import Dataset, read_dataset, write_dataset
-from .imagefolder import DataError, prepare_image_folder
-from .synthetic import SHAPES, generate_shapes
+"""Datasets: one reader per real source format plus a stand-in generator in that same format, all
+writing the dataset HDF5 (see dataset.py and formats.py)."""
+from __future__ import annotations
 
-__all__ = ["Dataset", "read_dataset", "write_dataset", "DataError", "prepare_image_folder",
-           "SHAPES", "generate_shapes"]
+from pathlib import Path
+
+from .dataset import Dataset, read_dataset, write_dataset
+from .formats import FORMATS, DataError, Prepared, ReadContext, attach_masks, check_source, read_source
+from .imagefolder import prepare_image_folder
+from .synthetic import SHAPES, generate_shapes
+from . import cifar, cifake, ct, mri, street  # noqa: E402,F401  (register their formats)
+
+# Stand-in kinds and the format their files are written in ('shapes' is a class-folder set).
+STANDIN_FORMATS = {"shapes": "imagefolder", **{name: name for name in FORMATS.names() if name != "imagefolder"}}
+
+
+def standin_format(kind: str) -> str:
+    try:
+        return STANDIN_FORMATS[kind]
+    except KeyError:
+        raise DataError(f"unknown stand-in kind '{kind}'; available: {', '.join(sorted(STANDIN_FORMATS))}") from None
+
+
+def generate_standin(kind: str, out: str | Path, *, counts: dict, seed: int, **params) -> None:
+    """Write the stand-in of ``kind`` in its real layout to ``out/data`` (+ id masks to ``out/masks``)."""
+    entry = FORMATS.get(standin_format(kind))
+    entry.meta["standin"](Path(out), counts=counts, seed=seed, **params)
+
+
+def prepare(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | Path | None = None,
+            options: dict | None = None, seed: int = 0, channels: int = 3, attrs: dict | None = None) -> dict:
+    """Read ``root`` in format ``fmt`` (+ masks by id from ``mask_root``) into the dataset HDF5."""
+    data = read_source(fmt, root, options, seed=seed, channels=channels)
+    if mask_root:
+        attach_masks(data, mask_root)
+    write_dataset(output, data, {"source_root": str(root), "mask_root": str(mask_root or ""), "format": fmt,
+                                 **(attrs or {})})
+    counts = {s: data.split.count(s) for s in sorted(set(data.split))}
+    return {"format": fmt, "classes": data.class_names, "counts": counts, "shape": list(data.images.shape[1:]),
+            "masks": data.masks is not None}
+
+
+__all__ = ["item_dims", "standin_writes_masks", "Dataset", "read_dataset", "write_dataset", "DataError", "Prepared", "ReadContext", "FORMATS",
+           "attach_masks", "check_source", "read_source", "prepare", "generate_standin", "standin_format",
+           "prepare_image_folder", "SHAPES", "generate_shapes"]
+
+
+def standin_writes_masks(kind: str) -> bool:
+    """Whether the stand-in writes masks by image id (formats whose layout has no masks of its own)."""
+    return FORMATS.get(standin_format(kind)).meta.get("id_masks", True)
+
+
+def item_dims(fmt: str, options: dict | None = None) -> int:
+    """Spatial dimensions of the prepared items: the format's ``dims``, or ``dims(options)``."""
+    dims = FORMATS.get(fmt).meta["dims"]
+    return int(dims(dict(options or {}))) if callable(dims) else int(dims)

@@ -2,19 +2,21 @@
 
     /images   (N, C, H, W) uint8            pixel values, 0..255 (3D: (N, C, D, H, W))
     /labels   (N,) int64                    class index into attrs["class_names"]
-    /masks    (N, H, W) bool                ground-truth object masks (only when known)
+    /masks    (N, *S) bool                  ground-truth object masks (only when known)
+    /mask_known (N,) bool                   which masks are known (absent = all of them)
+    /meta/<column> (N,)                     per-item facts of the source format (e.g. lat, lon, z)
     /ids      (N,) str                      stable image id: "<split>/<class>/<stem>"
     /keys     (N,) uint32                   32-bit hash of the id, keys the perturbation noise
     /split    (N,) str                      split name per image
     /source   (N,) str                      source file, relative to attrs["source_root"]
     /sha256   (N,) str                      checksum of each source file
-    attrs: class_names, splits, source_root, mask_root, mean, std (train split, [0, 1] scale),
-           provenance (JSON)
+    attrs: class_names, splits, format, source_root, mask_root, mean, std (train split, [0, 1]
+           scale), format_attrs (JSON), provenance (JSON)
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -22,7 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..perturbations import string_key
 from ..utils import atomic_path
+from .formats import DataError, Prepared
 
 STR = h5py.string_dtype()
 
@@ -33,11 +37,13 @@ class Dataset:
     labels: np.ndarray          # int64 (N,)
     ids: np.ndarray             # str (N,)
     keys: np.ndarray            # uint32 (N,)
-    masks: np.ndarray | None    # bool (N, *S)
+    masks: np.ndarray | None    # bool (N, *S); unknown masks are all False
     class_names: list[str]
     mean: list[float]
     std: list[float]
     path: str = ""
+    mask_known: np.ndarray | None = None   # bool (N,) when only some masks are known
+    meta: dict[str, np.ndarray] = field(default_factory=dict)   # the source format's per-item columns
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -47,29 +53,44 @@ class Dataset:
         return torch.from_numpy(np.ascontiguousarray(self.images[index])).to(device).float().div_(255)
 
 
-def write_dataset(path: str | Path, *, images: np.ndarray, labels: np.ndarray, ids: list[str],
-                  keys: np.ndarray, split: list[str], source: list[str], sha256: list[str],
-                  class_names: list[str], masks: np.ndarray | None, attrs: dict) -> None:
-    train = np.asarray(split) == "train"
+def write_dataset(path: str | Path, data: Prepared, attrs: dict) -> None:
+    """Write a :class:`Prepared` set (atomically) with train-split channel statistics."""
+    images = data.images
+    if len(images) == 0:
+        raise DataError(f"{attrs.get('source_root', path)}: no images found")
+    if images.dtype != np.uint8 or images.ndim not in (4, 5):
+        raise ValueError(f"images must be uint8 (N, C, H, W) or (N, C, D, H, W), got {images.dtype} {images.shape}")
+    train = np.asarray(data.split) == "train"
     ref = images[train] if train.any() else images
-    axes = (0,) + tuple(range(2, ref.ndim))
-    mean = (ref.astype(np.float64) / 255).mean(axis=axes)
-    std = (ref.astype(np.float64) / 255).std(axis=axes) + 1e-6
+    # Per channel, so a large volume set is never copied to float64 whole.
+    mean = np.stack([(ref[:, c].astype(np.float64) / 255).mean() for c in range(ref.shape[1])])
+    std = np.stack([(ref[:, c].astype(np.float64) / 255).std() for c in range(ref.shape[1])]) + 1e-6
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         chunk = (1,) + images.shape[1:]
         f.create_dataset("images", data=images, chunks=chunk, compression="gzip", compression_opts=4)
-        f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-        if masks is not None:
-            f.create_dataset("masks", data=masks.astype(bool), chunks=(1,) + masks.shape[1:], compression="gzip")
-        f.create_dataset("ids", data=np.asarray(ids, dtype=object), dtype=STR)
-        f.create_dataset("keys", data=np.asarray(keys, dtype=np.uint32))
-        f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=STR)
-        f.create_dataset("source", data=np.asarray(source, dtype=object), dtype=STR)
-        f.create_dataset("sha256", data=np.asarray(sha256, dtype=object), dtype=STR)
-        f.attrs["class_names"] = json.dumps(class_names)
-        f.attrs["splits"] = json.dumps(sorted(set(split)))
+        f.create_dataset("labels", data=np.asarray(data.labels, dtype=np.int64))
+        if data.masks is not None:
+            masks = data.masks.astype(bool)
+            f.create_dataset("masks", data=masks, chunks=(1,) + masks.shape[1:], compression="gzip")
+            if data.mask_known is not None:
+                f.create_dataset("mask_known", data=np.asarray(data.mask_known, dtype=bool))
+        f.create_dataset("ids", data=np.asarray(data.ids, dtype=object), dtype=STR)
+        keys = np.array([string_key(i) for i in data.ids], dtype=np.uint32)
+        f.create_dataset("keys", data=keys)
+        f.create_dataset("split", data=np.asarray(data.split, dtype=object), dtype=STR)
+        f.create_dataset("source", data=np.asarray(data.source, dtype=object), dtype=STR)
+        f.create_dataset("sha256", data=np.asarray(data.sha256, dtype=object), dtype=STR)
+        for column, values in data.meta.items():
+            values = np.asarray(values)
+            if values.dtype.kind in "OUS":
+                f.create_dataset(f"meta/{column}", data=values.astype(object), dtype=STR)
+            else:
+                f.create_dataset(f"meta/{column}", data=values)
+        f.attrs["class_names"] = json.dumps(data.class_names)
+        f.attrs["splits"] = json.dumps(sorted(set(data.split)))
         f.attrs["mean"] = mean.tolist()
         f.attrs["std"] = std.tolist()
+        f.attrs["format_attrs"] = json.dumps(data.attrs, sort_keys=True, default=str)
         for key, value in attrs.items():
             f.attrs[key] = value
 
@@ -97,6 +118,9 @@ def read_dataset(path: str | Path, split: str | None = None) -> Dataset:
             ids=f["ids"].asstr()[sel],
             keys=f["keys"][sel],
             masks=f["masks"][sel] if "masks" in f else None,
+            mask_known=f["mask_known"][sel] if "mask_known" in f else None,
+            meta={k: (v.asstr()[sel] if h5py.check_string_dtype(v.dtype) else v[sel])
+                  for k, v in f["meta"].items()} if "meta" in f else {},
             class_names=json.loads(f.attrs["class_names"]),
             mean=[float(v) for v in f.attrs["mean"]],
             std=[float(v) for v in f.attrs["std"]],

@@ -1,4 +1,4 @@
-"""Prepare a class-folder image set into the dataset HDF5.
+"""The class-folder image set ("bring your own"), and the shapes stand-in written in that layout.
 
 Layout read (the torchvision ImageFolder convention, one folder per split)::
 
@@ -10,95 +10,101 @@ its size. Problems are reported with the offending file before anything is writt
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from ..perturbations import string_key
 from .dataset import write_dataset
+from .formats import (DataError, Prepared, ReadContext, attach_masks, load_image, read_source, register_format,
+                      sha256_file, to_chw)
+from .synthetic import SHAPES, generate_shapes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 LAYOUT = "<root>/<split>/<class>/<image file>"
 
 
-class DataError(ValueError):
-    """Input data that does not match the expected layout or format."""
-
-
-def scan(root: Path, splits: list[str] | None = None) -> tuple[list[str], list[tuple[str, str, Path]]]:
+def scan(root: Path, splits: list[str] | None = None, layout: str = LAYOUT,
+         suffixes: set[str] = IMAGE_SUFFIXES) -> tuple[list[str], list[tuple[str, str, Path]]]:
     """Class names and (split, class, file) triples, sorted for a stable order."""
     if not root.is_dir():
-        raise DataError(f"image folder not found: {root} (expected layout {LAYOUT})")
+        raise DataError(f"image folder not found: {root} (expected layout {layout})")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     splits = splits or found
     missing = [s for s in splits if s not in found]
     if missing or not splits:
         raise DataError(f"{root}: split folder(s) {missing or '(none)'} not found; "
-                        f"present: {found or 'nothing'} (expected layout {LAYOUT})")
-    classes = sorted({c.name for s in splits for c in (root / s).iterdir() if c.is_dir()})
+                        f"present: {found or 'nothing'} (expected layout {layout})")
+    classes = sorted({c.name for s in splits for c in (root / s).iterdir()
+                      if c.is_dir() and not c.name.startswith(".")})  # e.g. .ipynb_checkpoints
     if not classes:
-        raise DataError(f"{root}: no class folders under the splits {splits} (expected layout {LAYOUT})")
+        raise DataError(f"{root}: no class folders under the splits {splits} (expected layout {layout})")
     items = []
     for split in splits:
         for cls in classes:
             folder = root / split / cls
-            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+            files = sorted(p for p in folder.glob("*") if p.suffix.lower() in suffixes) \
                 if folder.is_dir() else []
             if not files and split == "train":
-                raise DataError(f"{folder}: class '{cls}' has no images in split '{split}'")
+                raise DataError(f"{folder}: class '{cls}' has no images in split '{split}' (expected layout {layout})")
             items += [(split, cls, f) for f in files]
     return classes, items
 
 
-def _load_image(path: Path, mode: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return np.asarray(im.convert(mode))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
-
-
-def prepare_image_folder(root: str | Path, output: str | Path, mask_root: str | Path | None = None,
-                         splits: list[str] | None = None, channels: int = 3, attrs: dict | None = None) -> dict:
-    """Read the folder, check it, write the dataset HDF5; returns a summary."""
-    root = Path(root)
-    mask_root = Path(mask_root) if mask_root else None
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    classes, items = scan(root, splits)
-    mode = "RGB" if channels == 3 else "L"
-    images, masks, sums = [], [], []
+def read_items(root: Path, classes: list[str], items: list[tuple[str, str, Path]], mode: str) -> Prepared:
+    """Decode (split, class, file) triples of one size into a :class:`Prepared` set."""
+    images, sums = [], []
     size = None
-    for split, cls, path in items:
-        data = path.read_bytes()
-        sums.append(hashlib.sha256(data).hexdigest())
-        arr = _load_image(path, mode)
+    for _, _, path in items:
+        sums.append(sha256_file(path))
+        arr = load_image(path, mode)
         if size is None:
             size = arr.shape[:2]
         elif arr.shape[:2] != size:
             raise DataError(f"{path}: image size {arr.shape[1]}x{arr.shape[0]} differs from "
                             f"{size[1]}x{size[0]} of the first image; all images must have one size")
-        images.append(arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1))
-        if mask_root is not None:
-            mpath = (mask_root / path.relative_to(root)).with_suffix(".png")
-            if not mpath.is_file():
-                raise DataError(f"{mpath}: mask missing for image {path}")
-            mask = _load_image(mpath, "L")
-            if mask.shape != size:
-                raise DataError(f"{mpath}: mask size {mask.shape[::-1]} differs from its image {size[::-1]}")
-            masks.append(mask > 0)
-    ids = [f"{s}/{c}/{p.stem}" for s, c, p in items]
-    write_dataset(
-        output,
-        images=np.stack(images), labels=np.array([classes.index(c) for _, c, _ in items]),
-        ids=ids, keys=np.array([string_key(i) for i in ids], dtype=np.uint32),
-        split=[s for s, _, _ in items], source=[str(p.relative_to(root)) for _, _, p in items],
-        sha256=sums, class_names=classes, masks=np.stack(masks) if masks else None,
-        attrs={"source_root": str(root), "mask_root": str(mask_root or ""), "format": "imagefolder",
-               **(attrs or {})},
-    )
-    counts = {s: sum(1 for it in items if it[0] == s) for s in sorted({it[0] for it in items})}
-    return {"classes": classes, "counts": counts, "size": list(size), "masks": mask_root is not None}
+        images.append(to_chw(arr))
+    return Prepared(
+        images=np.stack(images), labels=np.array([classes.index(c) for _, c, _ in items], dtype=np.int64),
+        class_names=list(classes), ids=[f"{s}/{c}/{p.stem}" for s, c, p in items],
+        split=[s for s, _, _ in items], source=[str(p.relative_to(root)) for _, _, p in items], sha256=sums)
+
+
+def _mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    return "RGB" if channels == 3 else "L"
+
+
+def check_image_folder(root: Path) -> None:
+    scan(root)
+
+
+def generate_shapes_standin(out: Path, *, counts: dict, seed: int, classes=SHAPES[:4], image_size: int = 64,
+                            clutter: int = 10, noise: float = 0.04) -> None:
+    generate_shapes(out / "data", out / "masks", counts=counts, classes=classes, image_size=image_size,
+                    clutter=clutter, noise=noise, seed=seed)
+
+
+@register_format("imagefolder", layout=LAYOUT, check=check_image_folder, standin=generate_shapes_standin,
+                 summary="class folders per split (bring your own); any PIL-readable image")
+def read_image_folder(ctx: ReadContext) -> Prepared:
+    classes, items = scan(ctx.root)
+    return read_items(ctx.root, classes, items, _mode(ctx.channels))
+
+
+def prepare_image_folder(root: str | Path, output: str | Path, mask_root: str | Path | None = None,
+                         splits: list[str] | None = None, channels: int = 3, attrs: dict | None = None) -> dict:
+    """Read a class-folder set (optionally only ``splits``), check it, write the dataset HDF5."""
+    root = Path(root)
+    mode = _mode(channels)
+    if splits is None:
+        data = read_source("imagefolder", root, channels=channels)
+    else:
+        data = read_items(root, *scan(root, splits), mode)
+    if mask_root:
+        attach_masks(data, mask_root)
+    write_dataset(output, data, {"source_root": str(root), "mask_root": str(mask_root or ""),
+                                 "format": "imagefolder", **(attrs or {})})
+    counts = {s: data.split.count(s) for s in sorted(set(data.split))}
+    return {"classes": data.class_names, "counts": counts, "size": list(data.images.shape[2:]),
+            "masks": mask_root is not None}
