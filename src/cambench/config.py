@@ -19,7 +19,8 @@ from .models import ARCHITECTURES, resolve_architecture
 from .perturbations import PERTURBATIONS
 
 # Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
-LEVEL_LIMITS = {"gaussian": 1.0}
+LEVEL_LIMITS = {"gaussian": 1.0, "shot": 1.0, "salt_and_pepper": 1.0, "speckle": 1.0, "gaussian_blur": 32.0,
+                "jpeg": 99.0, "brightness": 1.0, "contrast": 1.0}
 
 
 class ConfigError(ValueError):
