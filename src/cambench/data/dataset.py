@@ -53,6 +53,17 @@ class Dataset:
         return torch.from_numpy(np.ascontiguousarray(self.images[index])).to(device).float().div_(255)
 
 
+def _channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (+1e-6) on the [0, 1] scale; one float64 copy of one channel at a
+    time, so a large volume set is never copied to float64 whole."""
+    stats = []
+    for c in range(images.shape[1]):
+        channel = images[:, c].astype(np.float64) / 255
+        stats.append((channel.mean(), channel.std()))
+    mean, std = np.array(stats).T
+    return mean, std + 1e-6
+
+
 def write_dataset(path: str | Path, data: Prepared, attrs: dict) -> None:
     """Write a :class:`Prepared` set (atomically) with train-split channel statistics."""
     images = data.images
@@ -62,9 +73,7 @@ def write_dataset(path: str | Path, data: Prepared, attrs: dict) -> None:
         raise ValueError(f"images must be uint8 (N, C, H, W) or (N, C, D, H, W), got {images.dtype} {images.shape}")
     train = np.asarray(data.split) == "train"
     ref = images[train] if train.any() else images
-    # Per channel, so a large volume set is never copied to float64 whole.
-    mean = np.stack([(ref[:, c].astype(np.float64) / 255).mean() for c in range(ref.shape[1])])
-    std = np.stack([(ref[:, c].astype(np.float64) / 255).std() for c in range(ref.shape[1])]) + 1e-6
+    mean, std = _channel_stats(ref)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         chunk = (1,) + images.shape[1:]
         f.create_dataset("images", data=images, chunks=chunk, compression="gzip", compression_opts=4)
