@@ -5,7 +5,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 try:
-    from cambench.config import ConfigError, check_config, is_standin, load_schema, schema_errors
+    from cambench.config import (ConfigError, check_config, is_standin, load_schema, perturbation_sweep,
+                                 schema_errors)
     from cambench.data import standin_format, standin_writes_masks
     from cambench.engine import method_of
     from cambench.perturbations import perturbations as registered_perturbations
@@ -47,9 +48,21 @@ def level_label(level):
 
 # (kind, level) pairs of the sweep, clean images first; LEVELS maps path labels back to numbers.
 SWEEP = [("none", 0.0)] + [
-    (kind, float(level)) for kind, levels in config["perturbations"].items() for level in levels
+    (kind, level) for kind, levels, _ in perturbation_sweep(config) for level in levels
 ]
 LEVELS = {(kind, level_label(level)): level for kind, level in SWEEP}
+PERTURBATION_PARAMS = {kind: params for kind, _, params in perturbation_sweep(config)}
+
+
+def perturbation_params(wildcards):
+    return PERTURBATION_PARAMS.get(wildcards.perturbation, {})
+
+
+def perturbed_input(wildcards):
+    """The stored perturbed images when store_perturbed is on (else regenerated on the fly)."""
+    if not config["store_perturbed"] or wildcards.perturbation == "none":
+        return []
+    return f"results/{wildcards.dataset}/{wildcards.model}/perturbed/{wildcards.perturbation}~{wildcards.level}.h5"
 
 
 def level_of(wildcards):
@@ -115,6 +128,8 @@ def heatmap_inputs(wildcards):
     model_spec(wildcards)
     base = f"results/{wildcards.dataset}"
     inputs = {"dataset": f"{base}/dataset.h5", "model": f"{base}/{wildcards.model}/model.pt"}
+    if perturbed_input(wildcards):
+        inputs["perturbed"] = perturbed_input(wildcards)
     if any(searched_sycam(label, p) for label, p in model_methods(wildcards).items()):
         inputs["sycam"] = f"{base}/{wildcards.model}/sycam/expression.txt"
     return inputs

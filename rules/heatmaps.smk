@@ -9,6 +9,7 @@ rule heatmaps:
         "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
     params:
         level=level_of,
+        perturbation_params=perturbation_params,
         methods=heatmap_methods,
         target_layer=lambda w: model_spec(w)["target_layer"],
         split=config["cam"]["split"],

@@ -7,10 +7,13 @@ rule metrics:
         model="results/{dataset}/{model}/model.pt",
         heatmaps="results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
         clean="results/{dataset}/{model}/heatmaps/none~0.h5",
+        perturbed=perturbed_input,
     output:
         "results/{dataset}/{model}/metrics/{perturbation}~{level}.parquet",
     params:
         level=level_of,
+        perturbation_params=perturbation_params,
+        batch_size=config["cam"]["batch_size"],
         metrics=config["metrics"]["compute"],
         score=config["metrics"]["score"],
         memory_mb=config["metrics"]["memory_mb"],

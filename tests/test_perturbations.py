@@ -65,12 +65,13 @@ def _images(shape, seed=0, dtype=torch.float32):
 
 
 def test_registered_with_summary_and_max_level_matching_the_config_limits():
-    for kind in KINDS:
+    attacks = {"fgsm", "pgd", "part_pgd"}
+    for kind in [*KINDS, *attacks]:
         entry = PERTURBATIONS.get(kind)
         assert entry.meta["summary"]
         assert entry.meta["max_level"] == LEVEL_LIMITS[kind]
-    assert set(LEVEL_LIMITS) == set(KINDS)
-    assert set(cambench.perturbations()) == set(KINDS) | {"none"}
+    assert set(LEVEL_LIMITS) == set(KINDS) | attacks
+    assert set(cambench.perturbations()) == set(KINDS) | attacks | {"none"}
     x = torch.rand(1, 1, 8, 8)
     cambench.perturb(x, "jpeg", 99)  # the bound itself is allowed
     with pytest.raises(ValueError, match="max_level"):

@@ -42,3 +42,12 @@ def test_bootstrap_mean_and_class_mean():
     assert mean == 0.9 and lo < 0.9 < hi
     cmean, clo, chi = bootstrap_mean_ci(values, classes, 500, rng)
     assert cmean == 0.5 and clo <= 0.5 <= chi
+
+
+def test_method_independent_metrics_are_not_tested_across_methods():
+    """flip_rate is the same for every method (compare=False): no Friedman row for it."""
+    rows = [dict(dataset="d", model="m", perturbation="gaussian", level=0.1, metric=metric, image_id=img,
+                 method=method, value=float((img + k) % 3))
+            for metric in ("flip_rate", "consistency") for img in range(6) for k, method in enumerate("abc")]
+    table = friedman_table(pd.DataFrame(rows))
+    assert list(table.metric) == ["consistency"]

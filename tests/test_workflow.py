@@ -8,10 +8,15 @@ import pytest
 import yaml
 
 from cambench.data import generate_shapes
+from cambench.metrics import METRICS, metrics
 
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
+ALL_METRICS = metrics()
+# Metrics that exist only where a clean reference exists, or only for channel-weight methods.
+NEEDS_REFERENCE = {m for m in ALL_METRICS if "reference" in METRICS.get(m).meta.get("needs", ())}
+WEIGHT_METHODS = {"gradcam", "gradcampp", "xgradcam", "ablationcam", "score_tc", "sycam"}  # sum_k w_k A^k
 
 TINY = {
     "seed": 1,
@@ -31,9 +36,12 @@ TINY = {
             "sycam": {"images": 8, "metric": "deletion_auc", "metric_params": {"steps": 4}, "max_size": 2,
                       "terminals": ["gradcam", "act_mean"]},
             "batch_size": 5},
-    "perturbations": {"gaussian": [0.3]},
-    "metrics": {"compute": {"deletion_auc": {"steps": 8}, "pointing_game": {"tolerance_px": 2},
-                            "consistency": {"similarity": "ssim"}}},
+    "perturbations": {"gaussian": [0.3], "pgd": {"levels": [8], "params": {"steps": 2}}},
+    "metrics": {"compute": {**{name: {} for name in ALL_METRICS},
+                            "deletion_auc": {"steps": 8}, "insertion_auc": {"steps": 8},
+                            "road_morf": {"percentiles": [30, 70]}, "road_lerf": {"percentiles": [30, 70]},
+                            "road_combined": {"percentiles": [30, 70]}, "max_sensitivity": {"samples": 1},
+                            "pointing_game": {"tolerance_px": 2}, "consistency": {"similarity": "ssim"}}},
     "stats": {"bootstrap": 100},
     "report": {"gallery_images": 3},
 }
@@ -74,13 +82,27 @@ def test_outputs_exist(workdir):
 def test_metric_table_is_tidy_complete_and_finite(workdir):
     t = pd.read_parquet(workdir / "results/metrics.parquet")
     assert list(t.columns) == ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                               "prediction", "metric", "value", "score", "params"]
+                               "prediction", "clean_prediction", "metric", "value", "score", "params"]
     assert np.isfinite(t["value"]).all()
     tiny = t[t.model == "tiny_cnn"]
-    # one row per image x method x level for deletion and pointing game (12 test images, 2 levels)
-    for metric in ("deletion_auc", "pointing_game"):
-        assert len(tiny[tiny.metric == metric]) == 12 * 2 * len(TINY["cam"]["methods"])
-    assert set(tiny[tiny.metric == "consistency"].perturbation) <= {"gaussian"}
+    # one row per image x method x level for deletion and pointing game (12 test images, 3 levels)
+    for metric in ("deletion_auc", "pointing_game", "insertion_auc", "mprt", "max_sensitivity"):
+        assert len(tiny[tiny.metric == metric]) == 12 * 3 * len(TINY["cam"]["methods"]), metric
+    # every metric, for every method, on clean and perturbed images (reference metrics: perturbed only)
+    for (method, perturbation), group in tiny.groupby(["method", "perturbation"]):
+        expected = set(ALL_METRICS) - (NEEDS_REFERENCE if perturbation == "none" else set())
+        if method not in WEIGHT_METHODS:  # no channel weights: the sensitivity axiom cannot apply
+            expected -= {"sensitivity_residual", "sensitivity_correlation"}
+        got = set(group.metric)
+        # responsiveness exists only where a prediction flipped; consistency only where one did not
+        assert expected - got <= {"responsiveness", "consistency"}, (method, perturbation, expected - got)
+    assert set(tiny.perturbation) == {"none", "gaussian", "pgd"}
+    assert set(tiny[tiny.metric == "consistency"].perturbation) <= {"gaussian", "pgd"}
+    assert set(tiny[tiny.metric.isin(["responsiveness", "consistency"])].perturbation) == {"gaussian", "pgd"}
+    assert set(tiny[tiny.metric == "sensitivity_residual"].method) == WEIGHT_METHODS
+    assert (tiny[tiny.metric == "conservation_residual"].score == "logit").all()
+    flips = tiny[(tiny.metric == "flip_rate")]
+    assert (flips.value == (flips.prediction != flips.clean_prediction)).all()
     assert (tiny[tiny.metric == "deletion_auc"].score == "prob").all()
     # byo has no masks: localisation is absent by design, not NaN
     byo = t[t.model == "byo_cnn"]
@@ -158,3 +180,21 @@ def test_lint_is_clean():
     run = snakemake(ROOT, "--lint", check=False)
     out = run.stdout + run.stderr
     assert run.returncode == 0 and "Lints for" not in out, out
+
+
+def test_stored_perturbed_images_give_the_same_heatmaps(workdir):
+    """Runs last (it changes the heatmap jobs' inputs). store_perturbed: true writes the PGD images once and the heatmap job reads them: same maps."""
+    target = "results/tiny/tiny_cnn/heatmaps/pgd~8.h5"
+    with h5py.File(workdir / target) as f:
+        before = {m: f[f"heatmaps/{m}"][:] for m in f["heatmaps"]}
+    (workdir / "tiny_store.yaml").write_text(yaml.safe_dump({**TINY, "store_perturbed": True}))
+    snakemake(workdir, "--cores", "2", "--configfile", "tiny_store.yaml", "--forcerun", "heatmaps", "--until", target)
+    stored = workdir / "results/tiny/tiny_cnn/perturbed/pgd~8.h5"
+    with h5py.File(stored) as f:
+        assert f["images"].shape == (12, 3, 32, 32) and f.attrs["perturbation"] == "pgd"
+        assert json.loads(f.attrs["params"]) == {"steps": 2}
+        assert 0 <= f["images"][:].min() and f["images"][:].max() <= 1
+    with h5py.File(workdir / target) as f:
+        for m, arr in before.items():
+            assert np.array_equal(f[f"heatmaps/{m}"][:], arr), m
+        assert str(stored.relative_to(workdir)) in json.loads(f.attrs["provenance"])["inputs"]

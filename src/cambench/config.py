@@ -16,15 +16,27 @@ import yaml
 from .engine import METHODS, method_of
 from .metrics import METRICS
 from .models import ARCHITECTURES, resolve_architecture
-from .perturbations import PERTURBATIONS
+from .perturbations import PERTURBATIONS, perturbation_needs
 
 # Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
 LEVEL_LIMITS = {"gaussian": 1.0, "shot": 1.0, "salt_and_pepper": 1.0, "speckle": 1.0, "gaussian_blur": 32.0,
-                "jpeg": 99.0, "brightness": 1.0, "contrast": 1.0}
+                "jpeg": 99.0, "brightness": 1.0, "contrast": 1.0, "fgsm": 255.0, "pgd": 255.0, "part_pgd": 255.0}
 
 
 class ConfigError(ValueError):
     """A configuration mistake; the message names the key."""
+
+
+def perturbation_sweep(config: dict) -> list[tuple[str, list[float], dict]]:
+    """(kind, levels, params) of ``config['perturbations']``, whose entries are a list of levels or
+    ``{levels: [...], params: {...}}`` (parameters of the kinds that take them, e.g. pgd's steps)."""
+    out = []
+    for kind, spec in (config.get("perturbations") or {}).items():
+        if isinstance(spec, dict):
+            out.append((kind, [float(v) for v in spec["levels"]], dict(spec.get("params") or {})))
+        else:
+            out.append((kind, [float(v) for v in spec], {}))
+    return out
 
 
 def load_schema(path: str | Path) -> dict:
@@ -37,6 +49,13 @@ def _key(path) -> str:
 
 
 def describe_error(error: jsonschema.ValidationError) -> str:
+    if error.validator == "oneOf" and error.context:
+        # A value matching none of the alternatives: report what is wrong in the alternative of its
+        # own type (a list of levels vs a {levels, params} mapping), not that it is not the other.
+        same_type = [e for e in error.context
+                     if not any(o.validator == "type" and not o.relative_path
+                                and o.relative_schema_path[0] == e.relative_schema_path[0] for o in error.context)]
+        error = jsonschema.exceptions.best_match(same_type or error.context)
     key = _key(error.absolute_path)
     v, schema = error.validator, error.schema
     if v == "additionalProperties":
@@ -296,11 +315,17 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
             raise ConfigError(f"config key 'models.{name}.methods': {unknown} are not labels of cam.methods "
                               f"({', '.join(config['cam']['methods'])})")
     _check_sycam(config)
-    kinds = {k: v for k, v in config["perturbations"].items()}
-    _check_params(PERTURBATIONS, {k: {} for k in kinds}, "perturbations")
-    for kind, levels in kinds.items():
+    kinds = {kind: levels for kind, levels, _ in perturbation_sweep(config)}
+    for kind, levels, params in perturbation_sweep(config):
         if kind == "none":
             raise ConfigError("config key 'perturbations.none': the clean images are always included; remove it")
+        if kind not in PERTURBATIONS:
+            raise ConfigError(f"config key 'perturbations.{kind}': unknown perturbation '{kind}'; "
+                              f"registered: {', '.join(PERTURBATIONS.names())}")
+        if params and not perturbation_needs(kind):
+            raise ConfigError(f"config key 'perturbations.{kind}.params': perturbation '{kind}' takes no parameters")
+        if params:
+            _check_params(PERTURBATIONS, {kind: params}, "perturbations")
         limit = LEVEL_LIMITS.get(kind, math.inf)
         bad = [lv for lv in levels if not 0 < lv <= limit]
         if bad:

@@ -132,6 +132,7 @@ class CamResult:
     targets: Tensor                # (N,) target class (-1 where the target was a callable)
     scores: Tensor                 # (N,) target score
     params: dict[str, dict] = field(default_factory=dict)
+    weights: dict[str, Tensor] = field(default_factory=dict)  # method -> (N, K), channel-weight methods only
 
     @property
     def predictions(self) -> Tensor:
@@ -215,7 +216,7 @@ class _Session:
         self._replay_direct: bool | None = None
         self._fast: nn.Module | None = None  # inference copy, inside fast_forwards() only
         self._fast_images: Tensor | None = None
-        self._maps: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self._maps: dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None]] = {}
 
     def rows_per_chunk(self, bytes_per_row: int) -> int:
         return max(1, int(self.memory_bytes // max(int(bytes_per_row), 1)))
@@ -224,9 +225,9 @@ class _Session:
         if self.leaf is None or self.logits is None or not self.logits.requires_grad:
             raise CamError("gradients were not captured for this batch")
         rows = torch.arange(self.logits.shape[0], device=self.logits.device)
-        with torch.enable_grad():
+        with torch.enable_grad():  # also when called under an outer no_grad (the metrics)
             scores = target_fn(self.logits, rows)
-        (grads,) = torch.autograd.grad(scores.sum(), self.leaf, retain_graph=True, allow_unused=True)
+            (grads,) = torch.autograd.grad(scores.sum(), self.leaf, retain_graph=True, allow_unused=True)
         return torch.zeros_like(self.leaf) if grads is None else grads
 
     def input_rows_per_chunk(self) -> int:
@@ -301,25 +302,27 @@ class _Session:
             out.append(self._run_replaced(inputs, acts))
         return torch.cat(out)
 
-    def method_map(self, _x: CamInputs, name: str, params: dict) -> tuple[Tensor, Tensor, Tensor]:
-        """(maps, signed, flags) of a registered method on the session's own inputs, computed once."""
+    def method_map(self, _x: CamInputs, name: str, params: dict) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(maps, signed, flags, channel weights or None) of a registered method on the session's own
+        inputs, computed once."""
         entry = METHODS.get(name)
         full = {**entry.parameters(), **params}
         key = name + repr(sorted(full.items()))
         if key not in self._maps:
             entry.check_params(params)
-            signed = _signed_map(entry, self.inputs, params)
+            signed, weights = _signed_map(entry, self.inputs, params)
             maps, flags = postprocess(signed, self.images.shape[2:])
-            self._maps[key] = (maps, signed, flags)
+            self._maps[key] = (maps, signed, flags, weights)
         return self._maps[key]
 
 
-def _signed_map(entry, inputs: CamInputs, params: dict) -> Tensor:
+def _signed_map(entry, inputs: CamInputs, params: dict) -> tuple[Tensor, Tensor | None]:
+    """The signed map at feature resolution, and the channel weights (N, K) of methods that return them."""
     out = entry.fn(inputs, **params)
     if out.ndim == 2:  # channel weights -> weighted sum of activation maps
         shape = out.shape + (1,) * len(inputs.spatial_dims)
-        out = (out.view(shape) * inputs.activations).sum(dim=1)
-    return out
+        return (out.view(shape) * inputs.activations).sum(dim=1), out
+    return out, None
 
 
 def capture(model: nn.Module, images: Tensor, layer: nn.Module | str, targets: Targets = None,
@@ -375,7 +378,8 @@ def capture(model: nn.Module, images: Tensor, layer: nn.Module | str, targets: T
         if not scores.requires_grad:
             raise CamError("the target score does not depend on the target layer")
         # Images are independent in eval mode, so the gradient of the sum is per-image.
-        got = torch.autograd.grad(scores.sum(), tensors, retain_graph=True, allow_unused=True)
+        with torch.enable_grad():  # an outer no_grad (the metrics re-explaining) must not drop the sum's graph
+            got = torch.autograd.grad(scores.sum(), tensors, retain_graph=True, allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, got)]
     session = _Session(model, layer, images, memory_mb)
     if need_gradients:
@@ -474,6 +478,23 @@ def _requirements(spec: dict[str, dict]) -> tuple[bool, list[str]]:
     return need_grad, layers
 
 
+def method_terms(model: nn.Module, images: Tensor, label: str, params: Mapping | None,
+                 target_layer: nn.Module | str, targets: Targets = None,
+                 memory_mb: float = 1024.0) -> tuple[CamInputs, Tensor | None, Tensor]:
+    """What one method makes of a batch before post-processing: the captured inputs, its channel
+    weights ``(N, K)`` (None for methods that return a map directly) and its signed map at feature
+    resolution. Used by the axiom metrics, which need the linear decomposition sum_k w_k A^k."""
+    _check_images(images)
+    spec = normalise_method_spec({label: params})
+    need_grad, extra_layers = _requirements(spec)
+    name, method_params = method_of(label, params or {})
+    entry = METHODS.get(name)
+    with eval_mode(model):
+        inputs = capture(model, images, target_layer, targets, need_grad, extra_layers, memory_mb)
+        signed, weights = _signed_map(entry, inputs, method_params)
+    return inputs, weights, signed
+
+
 def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Module | str,
                  targets: Targets = None, batch_size: int | None = None,
                  memory_mb: float = 1024.0) -> CamResult:
@@ -502,18 +523,22 @@ def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Mod
             batch = images[start:start + step]
             tb = targets[start:start + step] if isinstance(targets, Tensor) else targets
             inputs = capture(model, batch, layer, tb, need_grad, extra_layers, memory_mb)
-            maps, raw, flags = {}, {}, {}
+            maps, raw, flags, weights = {}, {}, {}, {}
             for label, params in spec.items():
-                maps[label], raw[label], flags[label] = inputs.session.method_map(
+                maps[label], raw[label], flags[label], w = inputs.session.method_map(
                     inputs, *method_of(label, params))
+                if w is not None:
+                    weights[label] = w
             idx = inputs.targets if inputs.targets is not None else \
                 torch.full((batch.shape[0],), -1, device=batch.device, dtype=torch.long)
-            parts.append(CamResult(maps, raw, flags, inputs.logits, idx, inputs.scores))
+            parts.append(CamResult(maps, raw, flags, inputs.logits, idx, inputs.scores, weights=weights))
             del inputs  # frees the retained graph before the next batch
     cat = lambda key: {m: torch.cat([getattr(p, key)[m] for p in parts]) for m in spec}  # noqa: E731
+    weighted = [m for m in spec if all(m in p.weights for p in parts)]
     return CamResult(cat("maps"), cat("raw"), cat("flags"),
                      torch.cat([p.logits for p in parts]), torch.cat([p.targets for p in parts]),
-                     torch.cat([p.scores for p in parts]), params=spec)
+                     torch.cat([p.scores for p in parts]), params=spec,
+                     weights={m: torch.cat([p.weights[m] for p in parts]) for m in weighted})
 
 
 def explain(model: nn.Module, images: Tensor, method: str, target_layer: nn.Module | str,

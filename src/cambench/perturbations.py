@@ -42,7 +42,19 @@ brightness         y = clip(x + level): every element shifted up by level (Image
                    1-, 3- and 4-channel images and volumes alike); level 1 = white
 contrast           y = x + level·(m − x) = (x − m)(1 − level) + m, m the mean of each image   1
                    and channel over its spatial axes; level 1 = the flat mean image
+fgsm               ε = level/255 (level 8 = 8/255): x + ε·sign(∇x CE(model(x), label)),        255
+                   clipped; one step (methods.md §3.5's grid {1, 2, 4, 8})
+pgd                ε = level/255: L∞ PGD, ``steps`` (10) steps of ``step_ratio``·ε (0.25),    255
+                   keyed random start in [−ε, ε] (``random_start``), project, then clamp
+part_pgd           ε = level/255: PART's PGD (methods.md §4) with budget ε on the elements a  255
+                   CAM of the predicted class marks and ε_low = ``eps_low_ratio``·ε (7/8)
+                   elsewhere; ``mask_mode`` repo (jet, 3-channel 2D) / intent [our-reading]
 =================  =====================================================================  =========
+
+The adversarial kinds (``cambench.adversarial``) attack the ground-truth labels, so ``perturb``
+needs ``model`` and ``labels`` for them (``part_pgd`` also ``target_layer``; see
+:func:`perturbation_needs`) and takes their parameters in ``params`` (:func:`perturbation_params`
+lists the defaults). The noise kinds take no parameters.
 
 Brightness, contrast, blur and JPEG are deterministic transforms and use no random numbers. JPEG is
 encoded and decoded on the CPU (torchvision's libjpeg, not nvjpeg), so CUDA images give the CPU's
@@ -259,12 +271,17 @@ def contrast(images: Tensor, keys: Tensor, level: float) -> Tensor:
     return torch.lerp(images, mean.expand_as(images), level).clamp_(0.0, 1.0)
 
 
-def perturb(images: Tensor, kind: str, level: float, seed: int = 0, keys: Tensor | None = None) -> Tensor:
+def perturb(images: Tensor, kind: str, level: float, seed: int = 0, keys: Tensor | None = None, *,
+            model: torch.nn.Module | None = None, labels: Tensor | None = None, target_layer=None,
+            params: dict | None = None) -> Tensor:
     """Perturbed copy of ``images`` (pixel space, [0, 1]).
 
     ``keys`` are stable per-image integers (e.g. hashes of image ids); with them the result for an
     image is independent of the batch it is in. Without them the position in the batch is the key.
     ``level`` must lie in [0, max_level] of the kind (level 0 returns the images unchanged).
+    ``model``, ``labels`` (N,) and ``target_layer`` are used by the kinds that need them
+    (:func:`perturbation_needs`) and ignored by the others; ``params`` are the kind's parameters
+    (:func:`perturbation_params`), checked by name and type.
     """
     entry = PERTURBATIONS.get(kind)
     if level < 0 or not math.isfinite(level):
@@ -277,9 +294,37 @@ def perturb(images: Tensor, kind: str, level: float, seed: int = 0, keys: Tensor
     keys = torch.as_tensor(keys, device=images.device)
     if keys.shape != (images.shape[0],):
         raise ValueError(f"got {tuple(keys.shape)} keys for {images.shape[0]} images")
-    return entry.fn(images, perturbation_keys(keys, kind, level, seed), float(level))
+    params = dict(params or {})
+    needs = perturbation_needs(kind)
+    generator_keys = perturbation_keys(keys, kind, level, seed)
+    if not needs:
+        if params:
+            raise ValueError(f"perturbation '{kind}' takes no parameters, got {sorted(params)}")
+        return entry.fn(images, generator_keys, float(level))
+    given = {"model": model, "labels": labels, "target_layer": target_layer}
+    missing = [name for name in needs if given[name] is None]
+    if missing:
+        raise ValueError(f"perturbation '{kind}' needs {' and '.join(missing)}; pass "
+                         f"{', '.join(f'{m}=...' for m in missing)} to perturb()")
+    entry.check_params(params)
+    inputs = adversarial.AttackInputs(images, generator_keys, float(level), model, labels, target_layer, kind)
+    return entry.fn(inputs, **params)
+
+
+def perturbation_needs(kind: str) -> tuple[str, ...]:
+    """What a kind needs besides the images: a subset of ('model', 'labels', 'target_layer')."""
+    return tuple(PERTURBATIONS.get(kind).meta.get("needs", ()))
+
+
+def perturbation_params(kind: str) -> dict:
+    """A kind's parameters with their defaults ({} for the noise kinds)."""
+    entry = PERTURBATIONS.get(kind)
+    return dict(entry.parameters()) if perturbation_needs(kind) else {}
 
 
 def perturbations() -> list[str]:
     """Names of the registered perturbations."""
     return PERTURBATIONS.names()
+
+
+from . import adversarial  # noqa: E402  (registers fgsm, pgd, part_pgd; it imports this module)

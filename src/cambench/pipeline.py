@@ -21,9 +21,10 @@ from .data import generate_standin as generate_standin_files
 from .data import prepare, read_dataset
 from .engine import explain_many, method_applies
 from .metrics import METRICS, evaluate_applies
+from .metrics.robustness import combine_robustness
 from .models import (accuracy, build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
                      train_classifier)
-from .perturbations import perturb
+from .perturbations import perturb, perturbation_needs
 from .provenance import provenance
 from .store import HeatmapWriter, read_heatmaps
 from .utils import atomic_path, pick_device
@@ -31,7 +32,7 @@ from .utils import atomic_path, pick_device
 log = logging.getLogger("cambench")
 
 METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                  "prediction", "metric", "value", "score", "params"]
+                  "prediction", "clean_prediction", "metric", "value", "score", "params"]
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -136,16 +137,67 @@ def default_target_layer(architecture: str) -> str:
 # Heatmaps
 # ------------------------------------------------------------------------------------------------
 
-def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: int, dev) -> torch.Tensor:
+def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: int, dev, *,
+                     model: torch.nn.Module | None = None, target_layer: str = "", params: dict | None = None,
+                     batch_size: int = 64, stored: str | Path | None = None) -> torch.Tensor:
+    """The split's images ``index`` under (perturbation, level): read from ``stored`` (a file written
+    by :func:`store_perturbed`) or regenerated from the seed. Attacks (fgsm, pgd, part_pgd) run on
+    the model in batches of ``batch_size`` against the ground-truth labels."""
+    if stored:
+        return read_perturbed(stored, ds, index, perturbation, level, dev)
     keys = torch.from_numpy(ds.keys[index].astype(np.int64)).to(dev)
-    return perturb(ds.pixels(index, dev), perturbation, level, seed=seed, keys=keys)
+    images = ds.pixels(index, dev)
+    if not perturbation_needs(perturbation):
+        return perturb(images, perturbation, level, seed=seed, keys=keys)
+    labels = torch.from_numpy(ds.labels[index]).to(dev)
+    out = torch.empty_like(images)
+    for i in range(0, images.shape[0], batch_size):
+        part = slice(i, i + batch_size)
+        out[part] = perturb(images[part], perturbation, level, seed=seed, keys=keys[part], model=model,
+                            labels=labels[part], target_layer=target_layer, params=params)
+    return out
+
+
+def store_perturbed(dataset_path: str | Path, model_path: str | Path, output: str | Path, *, perturbation: str,
+                    level: float, params: dict, target_layer: str, split: str, batch_size: int, seed: int,
+                    device: str = "auto", config: dict | None = None) -> None:
+    """Write the perturbed images of one (kind, level) as float32 HDF5 (/images, /ids) with provenance."""
+    import h5py
+    dev = pick_device(device)
+    ds = read_dataset(dataset_path, split)
+    model, payload = _load_model(model_path, dev)
+    layer = target_layer or default_target_layer(payload["architecture"])
+    with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
+        shape = (len(ds),) + tuple(ds.images.shape[1:])
+        data = f.create_dataset("images", shape=shape, dtype=np.float32, chunks=(1,) + shape[1:],
+                                compression="gzip", compression_opts=4)
+        f.create_dataset("ids", data=np.asarray(ds.ids, dtype=object), dtype=h5py.string_dtype())
+        for start in range(0, len(ds), batch_size):
+            index = slice(start, min(start + batch_size, len(ds)))
+            data[index] = perturbed_pixels(ds, index, perturbation, level, seed, dev, model=model,
+                                           target_layer=layer, params=params, batch_size=batch_size).cpu().numpy()
+        f.attrs.update({"perturbation": perturbation, "level": float(level), "params": _json(params), "seed": seed,
+                        "split": split,
+                        "provenance": _json(provenance(config, [dataset_path, model_path], seed, dev))})
+
+
+def read_perturbed(path: str | Path, ds, index: slice, perturbation: str, level: float, dev) -> torch.Tensor:
+    import h5py
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("perturbation") != perturbation or float(f.attrs.get("level", -1)) != float(level):
+            raise ValueError(f"{path}: holds {f.attrs.get('perturbation')}~{f.attrs.get('level')}, "
+                             f"expected {perturbation}~{level}")
+        if not np.array_equal(f["ids"].asstr()[index], ds.ids[index]):
+            raise ValueError(f"{path}: image ids do not match the dataset split")
+        return torch.from_numpy(f["images"][index]).to(dev)
 
 
 def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: str | Path, *,
                      perturbation: str, level: float, methods: dict, target_layer: str, split: str,
                      class_source: str, batch_size: int, dtype: str, seed: int, device: str = "auto",
                      memory_mb: float = 1024.0, extra_inputs: list | None = None,
-                     names: dict | None = None, config: dict | None = None) -> None:
+                     names: dict | None = None, config: dict | None = None,
+                     perturbation_params: dict | None = None, perturbed: str | Path | None = None) -> None:
     """All methods for one (perturbation, level): one forward + backward per batch serves them all."""
     dev = pick_device(device)
     ds = read_dataset(dataset_path, split)
@@ -157,16 +209,18 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
         log.info("not applicable to %s (%s), skipped: %s", (names or {}).get("model", model_path),
                  payload["architecture"], ", ".join(skipped))
         methods = {m: p for m, p in methods.items() if m not in skipped}
-    inputs = [dataset_path, model_path, *(extra_inputs or [])]
+    inputs = [dataset_path, model_path, *(extra_inputs or []), *([perturbed] if perturbed else [])]
     attrs = {"provenance": _json(provenance(config, inputs, seed, dev)),
              "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
+             "perturbation_params": _json(perturbation_params or {}),
              "class_source": class_source, "skipped_methods": _json(skipped), **(names or {})}
     n = len(ds)
     with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
             _progress(n, f"heatmaps {perturbation}~{level}") as bar:
         for start in range(0, n, batch_size):
             index = slice(start, min(start + batch_size, n))
-            images = perturbed_pixels(ds, index, perturbation, level, seed, dev)
+            images = perturbed_pixels(ds, index, perturbation, level, seed, dev, model=model, target_layer=layer,
+                                      params=perturbation_params, batch_size=batch_size, stored=perturbed)
             targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
             writer.write(start, explain_many(model, images, methods, layer, targets, memory_mb=memory_mb))
             bar.update(index.stop - index.start)
@@ -232,29 +286,45 @@ def metric_params(name: str, params: dict | None, score: str) -> dict:
 def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_path: str | Path,
                     clean_heatmaps_path: str | Path, output: str | Path, *, metrics: dict, score: str,
                     memory_mb: float, perturbation: str, level: float, split: str, seed: int,
-                    dataset: str, model: str, device: str = "auto") -> pd.DataFrame:
+                    dataset: str, model: str, device: str = "auto", batch_size: int = 64,
+                    perturbation_params: dict | None = None, perturbed: str | Path | None = None) -> pd.DataFrame:
     """Tidy table: one row per image × method × metric for this (perturbation, level).
 
     A metric that does not apply to an image (no mask, prediction changed, the clean level for a
-    robustness metric) produces no row, never a NaN.
+    robustness metric, no channel weights for a sensitivity axiom) produces no row, never a NaN.
+    Metrics that re-explain images (max-sensitivity, MPRT, axioms) use each method's parameters and
+    target layer as stored in the heatmap file, in batches of ``batch_size``.
     """
     dev = pick_device(device)
     ds = read_dataset(dataset_path, split)
     net, _ = _load_model(model_path, dev)
-    hm = read_heatmaps(heatmaps_path)
+    hm = read_heatmaps(heatmaps_path, raw=True)
     clean = read_heatmaps(clean_heatmaps_path) if perturbation != "none" else None
     for other in filter(None, [hm, clean]):
         if not np.array_equal(other.ids, ds.ids):
             raise ValueError(f"{heatmaps_path}: image ids do not match the '{split}' split of {dataset_path}")
-    images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev)
+    layer = str(hm.attrs.get("target_layer", ""))
+    images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev, model=net, target_layer=layer,
+                              params=perturbation_params, batch_size=batch_size, stored=perturbed)
     masks = torch.from_numpy(ds.masks).to(dev) if ds.masks is not None else None
-    fill = images.new_tensor(ds.mean)
+    method_specs = json.loads(hm.attrs.get("methods", "{}"))
     targets = torch.from_numpy(hm.targets).to(dev)
     predictions = torch.from_numpy(hm.predictions).to(dev)
+    clean_predictions = clean.predictions if clean is not None else hm.predictions
+    shared = {"masks": masks, "fill": images.new_tensor(ds.mean), "memory_mb": memory_mb, "predictions": predictions,
+              "target_layer": layer, "network": net, "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
+              "batch_size": batch_size, "cache": {}}
+    if clean is not None:
+        shared["reference_predictions"] = torch.from_numpy(clean.predictions).to(dev)
     frames = []
     with _progress(len(hm.maps) * len(metrics), f"metrics {perturbation}~{level}") as bar:
         for method, maps in hm.maps.items():
             heat = torch.from_numpy(maps).to(dev)
+            extra = dict(shared, method=method, method_params=method_specs.get(method, {}),
+                         raw=torch.from_numpy(hm.raw[method]).to(dev), scores=torch.from_numpy(hm.scores).to(dev),
+                         weights=torch.from_numpy(hm.weights[method]).to(dev) if method in hm.weights else None)
+            if clean is not None:
+                extra["reference"] = torch.from_numpy(clean.maps[method]).to(dev)
             for name, params in metrics.items():
                 entry = METRICS.get(name)
                 needs = set(entry.meta.get("needs", ()))
@@ -262,10 +332,6 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                     bar.update(1)
                     continue  # absent by design: this metric cannot apply here
                 full = metric_params(name, params, score)
-                extra = {"masks": masks, "fill": fill, "memory_mb": memory_mb, "predictions": predictions}
-                if clean is not None:
-                    extra.update(reference=torch.from_numpy(clean.maps[method]).to(dev),
-                                 reference_predictions=torch.from_numpy(clean.predictions).to(dev))
                 values, applies = evaluate_applies(net, images, heat, name, targets=targets, **extra, **full)
                 keep = applies.cpu().numpy()
                 vals = values.cpu().numpy()[keep]
@@ -274,8 +340,9 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                 frames.append(pd.DataFrame({
                     "dataset": dataset, "model": model, "method": method, "perturbation": perturbation,
                     "level": float(level), "image_id": ds.ids[keep], "label": ds.labels[keep],
-                    "target": hm.targets[keep], "prediction": hm.predictions[keep], "metric": name,
-                    "value": vals.astype(np.float64), "score": full.get("score", ""),
+                    "target": hm.targets[keep], "prediction": hm.predictions[keep],
+                    "clean_prediction": clean_predictions[keep], "metric": name,
+                    "value": vals.astype(np.float64), "score": full.get("score", entry.meta.get("score", "")),
                     "params": _json({k: v for k, v in full.items() if k != "score"}),
                 }))
                 bar.update(1)
@@ -308,6 +375,26 @@ def bootstrap_mean_ci(values: np.ndarray, classes: np.ndarray | None, n_boot: in
     return float(point), float(lo), float(hi)
 
 
+def bootstrap_robustness_ci(values: np.ndarray, unchanged: np.ndarray, n_boot: int, rng: np.random.Generator,
+                            level: float = 0.95) -> tuple[float, float, float]:
+    """``2CR / (C + R)`` (methods.md §3.5, harmonic rule) and its percentile bootstrap CI, images
+    resampled jointly; NaN when one of the two groups is empty."""
+    point = combine_robustness(values, unchanged)
+    if np.isnan(point):
+        return point, point, point
+    n = len(values)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    same = unchanged[idx]
+    v = values[idx]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = np.where(same, v, 0).sum(1) / same.sum(1)
+        r = np.where(~same, v, 0).sum(1) / (~same).sum(1)
+        boots = 2 * c * r / (c + r)
+    boots = boots[np.isfinite(boots)]
+    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if len(boots) else (np.nan, np.nan)
+    return point, float(lo), float(hi)
+
+
 def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, output_csv: str | Path,
                       output_summary: str | Path, n_boot: int, seed: int) -> pd.DataFrame:
     table = pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True)
@@ -320,11 +407,19 @@ def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, outp
     keys = ["dataset", "model", "method", "perturbation", "level", "metric"]
     for key, group in table.groupby(keys, sort=True):
         entry = METRICS.get(key[-1])
-        class_mean = entry.meta.get("aggregate") == "class_mean"
-        point, lo, hi = bootstrap_mean_ci(group["value"].to_numpy(), group["label"].to_numpy() if class_mean else None,
-                                          n_boot, rng)
-        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group),
-                         aggregate="class_mean" if class_mean else "mean",
+        aggregate = entry.meta.get("aggregate", "mean")
+        values = group["value"].to_numpy()
+        if aggregate == "robustness" and json.loads(group["params"].iloc[0]).get("combine") == "harmonic":
+            unchanged = (group["prediction"] == group["clean_prediction"]).to_numpy()
+            point, lo, hi = bootstrap_robustness_ci(values, unchanged, n_boot, rng)
+            if np.isnan(point):
+                continue  # no prediction flipped (or none kept): Rob is undefined, C alone is in 'consistency'
+            aggregate = "harmonic"
+        else:
+            aggregate = "class_mean" if aggregate == "class_mean" else "mean"
+            point, lo, hi = bootstrap_mean_ci(values, group["label"].to_numpy() if aggregate == "class_mean" else None,
+                                              n_boot, rng)
+        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group), aggregate=aggregate,
                          higher_is_better=entry.meta.get("higher_is_better"), score=group["score"].iloc[0]))
     summary = pd.DataFrame(rows)
     with atomic_path(output_summary) as tmp:

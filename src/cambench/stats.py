@@ -33,6 +33,9 @@ def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
 def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One Friedman test per (dataset, model, perturbation, level, metric); Holm across the table."""
     rows = []
+    from .metrics import METRICS  # metrics with compare=False (e.g. flip_rate) do not depend on the method
+    compared = [m for m in table["metric"].unique() if m not in METRICS or METRICS.get(m).meta.get("compare", True)]
+    table = table[table["metric"].isin(compared)]
     for key, group in table.groupby(BLOCK_KEYS, sort=True):
         wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
         methods = list(wide.columns)

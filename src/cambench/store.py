@@ -9,6 +9,7 @@
                                       chunked one image per chunk, gzip; attrs: params (JSON),
                                       n_constant, n_nonfinite
     /raw/<m>        (N, *s) float32   signed, un-normalised map at feature resolution
+    /weights/<m>    (N, K) float32    channel weights, for methods whose map is sum_k w_k A^k (the axioms)
     /flags/<m>      (N,) uint8        bit 1: constant map (stored as zeros), bit 2: NaN/Inf replaced
     attrs: provenance (JSON), dataset, model, perturbation, level, seed, target_layer,
            class_source, methods (JSON)
@@ -63,6 +64,11 @@ class HeatmapWriter:
             self.f[f"heatmaps/{method}"][start:stop] = maps.cpu().numpy().astype(self.dtype)
             self.f[f"raw/{method}"][start:stop] = result.raw[method].float().cpu().numpy()
             self.f[f"flags/{method}"][start:stop] = result.flags[method].cpu().numpy()
+            if method in result.weights:
+                w = result.weights[method].float().cpu().numpy()
+                if f"weights/{method}" not in self.f:
+                    self.f.create_dataset(f"weights/{method}", shape=(self.n,) + w.shape[1:], dtype=np.float32)
+                self.f[f"weights/{method}"][start:stop] = w
         self.written += stop - start
 
     def _create(self, method: str, shape: tuple, raw_shape: tuple) -> None:
@@ -102,9 +108,13 @@ class Heatmaps:
     maps: dict[str, np.ndarray]
     flags: dict[str, np.ndarray]
     attrs: dict
+    scores: np.ndarray | None = None                     # (N,) target logits
+    raw: dict[str, np.ndarray] | None = None              # method -> signed map at feature resolution
+    weights: dict[str, np.ndarray] | None = None          # method -> (N, K) channel weights, where a method has them
 
 
-def read_heatmaps(path: str | Path, methods: list[str] | None = None) -> Heatmaps:
+def read_heatmaps(path: str | Path, methods: list[str] | None = None, raw: bool = False) -> Heatmaps:
+    """The heatmap file's arrays; ``raw`` also reads the signed maps and the channel weights."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
@@ -124,4 +134,7 @@ def read_heatmaps(path: str | Path, methods: list[str] | None = None) -> Heatmap
             maps={m: f[f"heatmaps/{m}"][:].astype(np.float32) for m in names},
             flags={m: f[f"flags/{m}"][:] for m in names},
             attrs={k: f.attrs[k] for k in f.attrs},
+            scores=f["scores"][:] if "scores" in f else None,
+            raw={m: f[f"raw/{m}"][:] for m in names if f"raw/{m}" in f} if raw else None,
+            weights={m: f[f"weights/{m}"][:] for m in names if f"weights/{m}" in f} if raw else None,
         )

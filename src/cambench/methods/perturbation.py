@@ -87,6 +87,23 @@ def scorecam(x: CamInputs, variant: str = "pgc", chunk_size: int = 0) -> Tensor:
     return scores.softmax(dim=1).to(acts.dtype)
 
 
+def ablated_scores(x: CamInputs, values: Tensor, chunk_size: int = 0) -> Tensor:
+    """Target scores (N, K) with channel k of the target layer set to ``values`` (N,), all (image,
+    channel) rows replayed in chunks; only the model after the target layer runs when it can."""
+    acts = x.activations
+    n, k = acts.shape[:2]
+    per_row = acts[0].numel() * acts.element_size() * REPLAY_MEMORY_FACTOR
+    chunk = chunk_size or x.rows_per_chunk(per_row)
+    out = acts.new_zeros(n * k, dtype=torch.float32)
+    for i in range(0, n * k, chunk):
+        img, channel = _rows(i, min(i + chunk, n * k), k, acts.device)
+        rows = acts[img].clone()
+        rows[torch.arange(img.numel(), device=acts.device), channel] = values[img].view(
+            (-1,) + (1,) * len(x.spatial_dims))
+        out[i:i + img.numel()] = x.target(x.replay(rows, img, chunk=img.numel()), img).float()
+    return out.view(n, k)
+
+
 @register_method("ablationcam", needs_gradients=False,
                  summary="Ablation-CAM: relative score drop when one channel is ablated")
 def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: int = 0) -> Tensor:
@@ -97,20 +114,11 @@ def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: i
     target layer is re-run when it depends on nothing else (see ``CamInputs.replay``).
     """
     acts = x.activations
-    n, k = acts.shape[:2]
+    n = acts.shape[0]
     if ablation_value is None:
         lows = acts.flatten(1).min(dim=1).values
         values = torch.where(lows == 0, torch.zeros_like(lows), lows - 1e7)
     else:
         values = acts.new_full((n,), float(ablation_value))
-    per_row = acts[0].numel() * acts.element_size() * REPLAY_MEMORY_FACTOR
-    chunk = chunk_size or x.rows_per_chunk(per_row)
-    ablated_scores = acts.new_zeros(n * k, dtype=torch.float32)
-    for i in range(0, n * k, chunk):
-        img, channel = _rows(i, min(i + chunk, n * k), k, acts.device)
-        rows = acts[img].clone()
-        rows[torch.arange(img.numel(), device=acts.device), channel] = values[img].view(
-            (-1,) + (1,) * len(x.spatial_dims))
-        ablated_scores[i:i + img.numel()] = x.target(x.replay(rows, img, chunk=img.numel()), img).float()
     y = x.scores.float()[:, None]
-    return ((y - ablated_scores.view(n, k)) / y).to(acts.dtype)
+    return ((y - ablated_scores(x, values, chunk_size)) / y).to(acts.dtype)

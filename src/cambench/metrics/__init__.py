@@ -34,6 +34,23 @@ class MetricInputs:
     reference_predictions: Tensor | None = None  # (N,) predictions on the unperturbed images
     fill: Tensor | None = None              # (C,) pixel value used to remove pixels (dataset mean)
     memory_mb: float = 256.0                # budget for batched model evaluations
+    # Metrics that re-explain images (max-sensitivity, randomisation, axioms) need the method:
+    method: str | None = None               # label of the CAM method the heatmaps come from
+    method_params: dict | None = None       # its parameters (with 'method' when the label is an alias)
+    target_layer: str | None = None         # the layer the heatmaps were computed at
+    network: nn.Module | None = None        # the model itself (``model`` may be its inference copy)
+    keys: Tensor | None = None              # (N,) stable per-image integer keys (noise of a metric)
+    batch_size: int = 64                    # images per CAM pass when a metric re-explains
+    cache: dict | None = None               # shared across the methods of one table (method-free terms)
+    # What the heatmap file stored for this method (the axioms read them instead of recomputing):
+    raw: Tensor | None = None               # (N, *s) signed map at feature resolution
+    scores: Tensor | None = None            # (N,) target logits the maps were computed from
+    weights: Tensor | None = None           # (N, K) channel weights (methods whose map is sum_k w_k A^k)
+
+    def image_keys(self) -> Tensor:
+        if self.keys is not None:
+            return torch.as_tensor(self.keys, device=self.images.device)
+        return torch.arange(self.images.shape[0], device=self.images.device)
 
     def require(self, *names: str, metric: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
@@ -49,6 +66,20 @@ def model_scores(model: nn.Module, images: Tensor, targets: Tensor, score: str) 
     if score == "prob":
         logits = logits.softmax(dim=1)
     return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def explain_maps(x: MetricInputs, images: Tensor, model: nn.Module | None = None) -> Tensor:
+    """Heatmaps (N, *S) of ``x``'s method for ``images`` and ``x.targets``, by the CAM engine in
+    batches of ``x.batch_size`` (``model`` defaults to the unmodified network)."""
+    from ..engine import explain_many  # the engine imports nothing from the metrics; keep it that way
+    if x.method is None or x.target_layer is None:
+        raise ValueError("this metric re-explains images: give method, method_params and target_layer")
+    net = model if model is not None else (x.network if x.network is not None else x.model)
+    spec = {x.method: dict(x.method_params or {})}
+    n = images.shape[0]
+    return torch.cat([explain_many(net, images[i:i + x.batch_size], spec, x.target_layer,
+                                   x.targets[i:i + x.batch_size], memory_mb=x.memory_mb).maps[x.method]
+                      for i in range(0, n, x.batch_size)]) if n else images.new_zeros((0,) + images.shape[2:])
 
 
 def chunk_size(per_item_bytes: int, memory_mb: float) -> int:
@@ -78,6 +109,7 @@ def evaluate_applies(model: nn.Module | None, images: Tensor, heatmaps: Tensor, 
         # Metrics evaluate the model on many modified inputs: a folded, channels-last copy does it
         # faster, and is only used where it reproduces the model's logits.
         fast = inference_copy(model, images)[0] if model is not None and images.shape[0] else model
+        fields.setdefault("network", model)
         inputs = MetricInputs(images, heatmaps, targets, model=fast, predictions=predictions, **fields)
         out = entry.fn(inputs, **params)
     values, applies = out if isinstance(out, tuple) else (out, None)
@@ -107,6 +139,6 @@ def metrics() -> list[str]:
     return METRICS.names()
 
 
-from . import faithfulness, localisation, road, robustness  # noqa: E402,F401  (registration)
+from . import axioms, complexity, faithfulness, localisation, road, robustness, sanity  # noqa: E402,F401  (registration)
 
 __all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores"]

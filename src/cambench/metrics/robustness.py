@@ -1,31 +1,86 @@
-"""Robustness of heatmaps to input perturbations (methods.md §3.5; the similarity and the
-'consistency over unchanged predictions' rule are our reading of Sarkar et al.)."""
+"""Robustness of heatmaps to input perturbations (methods.md §3.5).
+
+Sarkar et al. (arXiv 2508.18154) name two properties of a robust CAM: **consistency** (the map stays
+similar when the perturbation leaves the prediction unchanged) and **responsiveness** (it changes
+when the prediction changes). The similarity measure, the per-group means and the combination rule
+are our reading (the paper's text beyond the abstract was not available), so all are parameters:
+
+- ``consistency``: ``sim(S, S~)`` on images whose prediction is unchanged;
+- ``responsiveness``: ``1 - sim(S, S~)`` on images whose prediction changed;
+- ``noise_robustness``: per image, consistency's value if unchanged, responsiveness's otherwise.
+  With ``combine='pair_weighted'`` the dataset score is the plain mean of these values (C and R
+  weighted by their share of pairs); with ``combine='harmonic'`` (default) the summary computes
+  ``2CR / (C + R)`` from the two groups (:func:`combine_robustness`) and leaves the level out when
+  no prediction flipped (C alone is then reported by ``consistency``);
+- ``flip_rate``: 1 where the prediction changed; its mean is the flip rate of the level.
+
+``max_sensitivity`` (Yeh et al., NeurIPS 2019; captum's ``sensitivity_max``) re-explains the image
+under small uniform input noise and is independent of the sweep's perturbation.
+"""
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import MetricInputs, register_metric
+from ..perturbations import _uniform, perturbation_keys
+from . import MetricInputs, explain_maps, register_metric
 
+
+# --------------------------------------------------------------------------------------------
+# Similarities of map pairs (N, *S) -> (N,)
+# --------------------------------------------------------------------------------------------
 
 def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0,
          k1: float = 0.01, k2: float = 0.03) -> Tensor:
     """Mean SSIM per map pair (N,), 2D or 3D, equal to ``skimage.metrics.structural_similarity``
     with its defaults (uniform window of 7, sample covariance, mean over fully-inside windows)."""
-    nd = a.ndim - 1
-    pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
-    win = min(win_size, *a.shape[1:])
+    # Window sums of x, y, x² + y² and xy (the formula needs vx + vy only, not each), in float64
+    # (the variances are differences of window sums), by a separable box filter: a running sum
+    # along the last axis differenced at distance win, shifted-slab accumulation along the others.
+    # SSIM is written in the sums (the window volume cancels). On the CPU the maps go in chunks
+    # of about 2 MB of sums, which stay in cache across the ~25 passes.
+    size = tuple(a.shape[1:])
+    nd = len(size)
+    win = min(win_size, *size)
     win -= 1 - win % 2  # odd, as skimage requires
-    x, y = a.unsqueeze(1).double(), b.unsqueeze(1).double()
-    mean = lambda t: pool(t, win, stride=1)  # noqa: E731  (valid windows only == skimage's crop)
-    ux, uy = mean(x), mean(y)
-    cov_norm = win ** nd / (win ** nd - 1)
-    vx = cov_norm * (mean(x * x) - ux * ux)
-    vy = cov_norm * (mean(y * y) - uy * uy)
-    vxy = cov_norm * (mean(x * y) - ux * uy)
+    vol = win ** nd
+    cov_norm = vol / (vol - 1)
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(dim=1).float()
+    valid = tuple(s - win + 1 for s in size)
+    n, dev = a.shape[0], a.device
+    step = max(1, ((1 << 21) if dev.type == "cpu" else (1 << 28)) // (32 * math.prod(size)))
+    total = torch.empty(n, dtype=torch.float64, device=dev)
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        m = torch.empty((j - i, 4) + size[:-1] + (size[-1] + 1,), dtype=torch.float64, device=dev)
+        m[..., 0] = 0
+        x, y, q, xy = m[..., 1:].unbind(1)
+        x.copy_(a[i:j])
+        y.copy_(b[i:j])
+        torch.mul(x, x, out=q).addcmul_(y, y)
+        torch.mul(x, y, out=xy)
+        m = m.cumsum(dim=-1)
+        t = m[..., win:] - m[..., :-win]
+        for d in range(2, nd + 1):
+            acc = t.narrow(d, 0, valid[d - 2]) + t.narrow(d, 1, valid[d - 2])
+            for k in range(2, win):
+                acc += t.narrow(d, k, valid[d - 2])
+            t = acc
+        sx, sy, sq, sxy = t.unbind(1)
+        # with sums s = vol * mean: ssim = 4 (sx sy + c1 vol²/2) (sxy - sx sy / vol + c2 vol / (2 cov_norm))
+        #                               / ((sx² + sy² + c1 vol²) (sq - (sx² + sy²) / vol + c2 vol / cov_norm))
+        pxy = sx * sy
+        u2 = (sx * sx).addcmul_(sy, sy)
+        num = torch.add(pxy, c1 * vol * vol / 2)
+        num *= torch.add(sxy, pxy, alpha=-1 / vol).add_(c2 * vol / (2 * cov_norm))
+        den = torch.add(sq, u2, alpha=-1 / vol).add_(c2 * vol / cov_norm)
+        den *= u2.add_(c1 * vol * vol)
+        total[i:j] = num.div_(den).flatten(1).sum(dim=1)
+    return (total * (4 / math.prod(valid))).float()
 
 
 def pearson(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
@@ -37,14 +92,146 @@ def pearson(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + eps)).float()
 
 
-SIMILARITIES = {"ssim": ssim, "pearson": pearson}
+def average_ranks(values: Tensor) -> Tensor:
+    """Ranks 1..P per row (N, P), ties given their mean rank (``scipy.stats.rankdata``'s 'average')."""
+    n, p = values.shape
+    sorted_vals, order = values.sort(dim=1, stable=True)
+    new_run = torch.ones_like(sorted_vals, dtype=torch.bool)
+    new_run[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    run = new_run.long().cumsum(dim=1) - 1 + torch.arange(n, device=values.device)[:, None] * p  # global run id
+    positions = torch.arange(1, p + 1, device=values.device, dtype=torch.float64).expand(n, p)
+    total = torch.zeros(n * p, device=values.device, dtype=torch.float64).index_add_(0, run.flatten(), positions.flatten())
+    count = torch.zeros(n * p, device=values.device, dtype=torch.float64).index_add_(
+        0, run.flatten(), torch.ones(n * p, device=values.device, dtype=torch.float64))
+    mean_rank = (total / count.clamp_min(1))[run]
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per pair (N,) with average ranks for ties (= ``scipy.stats.spearmanr``);
+    0 when either map is constant."""
+    return pearson(average_ranks(a.flatten(1).double()), average_ranks(b.flatten(1).double()))
+
+
+def spearman_abs(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman correlation of absolute values (Adebayo et al.'s and Quantus MPRT's default)."""
+    return spearman(a.abs(), b.abs())
+
+
+def cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    x, y = a.flatten(1).double(), b.flatten(1).double()
+    return ((x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + eps)).float()
+
+
+def top_mask(maps: Tensor, top_percent: float) -> Tensor:
+    """(N, P) bool: the ceil(top_percent % of P) highest values of each map (ties by first index)."""
+    flat = maps.flatten(1)
+    k = max(1, math.ceil(flat.shape[1] * top_percent / 100))
+    order = flat.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, order, True)
+
+
+def topk_iou(a: Tensor, b: Tensor, top_percent: float = 20.0) -> Tensor:
+    """IoU of the two maps' top ``top_percent`` % pixel sets (default 20 %, methods.md §3.5)."""
+    ma, mb = top_mask(a, top_percent), top_mask(b, top_percent)
+    return ((ma & mb).sum(1).double() / (ma | mb).sum(1).double()).float()
+
+
+SIMILARITIES = {"ssim": ssim, "pearson": pearson, "spearman": spearman, "spearman_abs": spearman_abs,
+                "cosine": cosine, "topk_iou": topk_iou}
+
+
+def similarity(name: str, a: Tensor, b: Tensor, metric: str, top_percent: float = 20.0) -> Tensor:
+    if name not in SIMILARITIES:
+        raise ValueError(f"{metric}: similarity must be one of {sorted(SIMILARITIES)}, got {name!r}")
+    if name == "topk_iou":
+        if not 0 < top_percent <= 100:
+            raise ValueError(f"{metric}: top_percent must be in (0, 100], got {top_percent}")
+        return topk_iou(a, b, top_percent)
+    return SIMILARITIES[name](a.float(), b.float())
+
+
+# --------------------------------------------------------------------------------------------
+# Consistency, responsiveness, their combination, flip rate
+# --------------------------------------------------------------------------------------------
+
+COMBINE = ("harmonic", "pair_weighted")
+
+
+def _pairs(x: MetricInputs, metric: str, name: str, top_percent: float) -> tuple[Tensor, Tensor]:
+    x.require("reference", "predictions", "reference_predictions", metric=metric)
+    sim = similarity(name, x.heatmaps, x.reference, metric, top_percent)
+    return sim, x.predictions == x.reference_predictions
 
 
 @register_metric("consistency", needs=("reference",), higher_is_better=True, family="robustness",
                  summary="similarity of clean and perturbed heatmaps where the prediction is unchanged")
-def consistency(x: MetricInputs, similarity: str = "ssim") -> tuple[Tensor, Tensor]:
-    x.require("reference", "predictions", "reference_predictions", metric="consistency")
-    if similarity not in SIMILARITIES:
-        raise ValueError(f"consistency: similarity must be one of {sorted(SIMILARITIES)}, got {similarity!r}")
-    sim = SIMILARITIES[similarity](x.heatmaps, x.reference)
-    return sim, x.predictions == x.reference_predictions
+def consistency(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0) -> tuple[Tensor, Tensor]:
+    sim, same = _pairs(x, "consistency", similarity, top_percent)
+    return sim, same
+
+
+@register_metric("responsiveness", needs=("reference",), higher_is_better=True, family="robustness",
+                 summary="1 - similarity of clean and perturbed heatmaps where the prediction changed")
+def responsiveness(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0) -> tuple[Tensor, Tensor]:
+    sim, same = _pairs(x, "responsiveness", similarity, top_percent)
+    return 1 - sim, ~same
+
+
+@register_metric("noise_robustness", needs=("reference",), higher_is_better=True, family="robustness",
+                 aggregate="robustness",
+                 summary="consistency and responsiveness combined (harmonic mean of the two groups, or pair-weighted)")
+def noise_robustness(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0,
+                     combine: str = "harmonic") -> Tensor:
+    if combine not in COMBINE:
+        raise ValueError(f"noise_robustness: combine must be one of {list(COMBINE)}, got {combine!r}")
+    sim, same = _pairs(x, "noise_robustness", similarity, top_percent)
+    return torch.where(same, sim, 1 - sim)
+
+
+@register_metric("flip_rate", needs=("reference",), higher_is_better=None, family="robustness", compare=False,
+                 summary="1 where the perturbation changed the prediction (its mean is the level's flip rate)")
+def flip_rate(x: MetricInputs) -> Tensor:
+    x.require("predictions", "reference_predictions", metric="flip_rate")
+    return (x.predictions != x.reference_predictions).float()
+
+
+def combine_robustness(values: np.ndarray, unchanged: np.ndarray) -> float:
+    """``2CR / (C + R)`` from per-image ``noise_robustness`` values and the unchanged-prediction mask;
+    NaN when either group is empty (then Rob is undefined, methods.md §3.5) or C + R = 0."""
+    if unchanged.all() or not unchanged.any():
+        return math.nan
+    c, r = values[unchanged].mean(), values[~unchanged].mean()
+    return float(2 * c * r / (c + r)) if c + r > 0 else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# Max-sensitivity
+# --------------------------------------------------------------------------------------------
+
+@register_metric("max_sensitivity", needs=("model", "method"), higher_is_better=False, family="robustness",
+                 summary="largest relative change of the heatmap under uniform input noise of a small radius")
+def max_sensitivity(x: MetricInputs, radius: float = 0.02, samples: int = 10, normalise: bool = True,
+                    seed: int = 0) -> Tensor:
+    """``max_j ||Φ(x + δ_j) − Φ(x)||_F / ||Φ(x)||_F`` over ``samples`` draws δ_j ~ U[−radius, radius]
+    per element (unclipped, as captum's default perturbation), the target class held fixed.
+
+    Φ(x) is the given heatmap (the stored one in the workflow; its float16 rounding, ~5e-4 of a map
+    value, is far below the changes measured), so each draw costs one CAM pass. ``seed`` selects
+    the draws. ``normalise`` divides by ||Φ(x)|| (captum and Quantus do; a zero map divides by 1). Noise comes from the counter generator keyed by image, so the value does
+    not depend on the batch. Cost: ``samples`` extra CAM computations per image.
+    """
+    x.require("method", metric="max_sensitivity")
+    if radius <= 0 or samples < 1:
+        raise ValueError(f"max_sensitivity: radius must be > 0 and samples >= 1, got {radius}, {samples}")
+    keys = x.image_keys()
+    base = x.heatmaps.flatten(1).double()
+    norm = base.norm(dim=1)
+    norm = torch.where(norm == 0, torch.ones_like(norm), norm) if normalise else torch.ones_like(norm)
+    worst = torch.zeros(x.images.shape[0], dtype=torch.float64, device=x.images.device)
+    for j in range(samples):  # one CAM pass per draw over the whole batch
+        k = perturbation_keys(keys, "max_sensitivity", float(j), seed)
+        delta = (2 * _uniform(k, tuple(x.images.shape[1:]), 7) - 1).to(x.images) * radius
+        maps = explain_maps(x, x.images + delta).flatten(1).double()
+        worst = torch.maximum(worst, (maps - base).norm(dim=1) / norm)
+    return worst.float()

@@ -1,0 +1,27 @@
+# Perturbed images, stored only on request (store_perturbed: true); by default the heatmap and
+# metric jobs regenerate them from the seed, which gives the same numbers without the disk.
+
+
+rule store_perturbed:
+    input:
+        dataset="results/{dataset}/dataset.h5",
+        model="results/{dataset}/{model}/model.pt",
+    output:
+        "results/{dataset}/{model}/perturbed/{perturbation}~{level}.h5",
+    params:
+        level=level_of,
+        perturbation_params=perturbation_params,
+        target_layer=lambda w: model_spec(w)["target_layer"],
+        split=config["cam"]["split"],
+        batch_size=config["cam"]["batch_size"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: 2
+    log:
+        "results/logs/perturbed/{dataset}/{model}/{perturbation}~{level}.log",
+    benchmark:
+        "results/benchmarks/perturbed/{dataset}/{model}/{perturbation}~{level}.tsv"
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/store_perturbed.py"
