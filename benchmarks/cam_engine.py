@@ -20,11 +20,10 @@ import cambench
 from cambench.provenance import device_description
 
 
-def timed_interleaved(fns: dict, repeats: int, sync) -> dict:
-    """Median seconds per callable, measured round-robin so that drift (thermal, other load)
-    affects every candidate alike."""
-    for fn in fns.values():  # warm-up
-        fn()
+def timed_interleaved_results(fns: dict, repeats: int, sync) -> tuple[dict, dict]:
+    """Median seconds per callable over round-robin rounds (drift hits every candidate alike),
+    and each callable's result from its warm-up call."""
+    results = {key: fn() for key, fn in fns.items()}  # warm-up
     sync()
     times = {k: [] for k in fns}
     for _ in range(repeats):
@@ -33,7 +32,11 @@ def timed_interleaved(fns: dict, repeats: int, sync) -> dict:
             fn()
             sync()
             times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items()}, results
+
+
+def timed_interleaved(fns: dict, repeats: int, sync) -> dict:
+    return timed_interleaved_results(fns, repeats, sync)[0]
 
 
 def main() -> None:

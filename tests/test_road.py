@@ -203,3 +203,22 @@ def test_bad_parameters_raise(params):
     with pytest.raises(ValueError):
         cambench.evaluate(ConstantModel(), torch.rand(1, 3, 8, 8), torch.rand(1, 8, 8), "road_combined",
                           targets=torch.ones(1), **params)
+
+
+def test_the_three_road_metrics_share_one_imputation_through_the_cache(monkeypatch):
+    """The workflow passes one cache per table: morf, lerf and combined impute once, same values."""
+    from cambench.metrics import road
+    torch.manual_seed(0)
+    net = GapNet(n_classes=3, width=4).eval()
+    images, maps = torch.rand(4, 3, 16, 16), torch.rand(4, 16, 16)
+    alone = {m: cambench.evaluate(net, images, maps, m, percentiles=[30, 70]) for m in
+             ("road_morf", "road_lerf", "road_combined")}
+    calls = []
+    real = road.road_scores
+    monkeypatch.setattr(road, "road_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = {}
+    shared = {m: cambench.evaluate(net, images, maps, m, percentiles=[30, 70], cache=cache) for m in alone}
+    assert len(calls) == 1
+    for m in alone:
+        assert torch.allclose(alone[m], shared[m], atol=1e-6), m
+    assert torch.allclose(shared["road_combined"], (shared["road_lerf"] - shared["road_morf"]) / 2, atol=1e-6)

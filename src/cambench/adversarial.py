@@ -139,15 +139,20 @@ def fgsm(x: AttackInputs, *, memory_mb: float = 1024.0) -> Tensor:
     ``memory_mb`` bounds the images per forward/backward; it does not change the result.
     """
     _check(x.kind, "memory_mb", math.isfinite(memory_mb) and memory_mb > 0, "a finite number > 0", memory_mb)
+    return _per_chunk(x, memory_mb, lambda images, labels, _keys:
+                      (images + x.eps * loss_gradient(x.model, images, labels).sign()).clamp(0.0, 1.0))
+
+
+def _per_chunk(x: AttackInputs, memory_mb: float, attack) -> Tensor:
+    """``attack(images, labels, keys)`` on chunks of the batch sized by ``memory_mb``, the model in
+    eval mode; level 0 is the identity."""
     labels = _labels(x)
     if x.eps == 0:
         return x.images.clone()
     out = torch.empty_like(x.images)
     with eval_mode(x.model):
         for part in _chunks(x.images, memory_mb):
-            images = x.images[part]
-            grad = loss_gradient(x.model, images, labels[part])
-            out[part] = (images + x.eps * grad.sign()).clamp(0.0, 1.0)
+            out[part] = attack(x.images[part], labels[part], x.keys[part])
     return out
 
 
@@ -163,18 +168,12 @@ def pgd(x: AttackInputs, *, steps: int = 10, step_ratio: float = 0.25, random_st
     keyed generator (as captum's and torchattacks' PGD, which draw δ from torch's global generator).
     """
     _check_steps(x.kind, steps, step_ratio, memory_mb)
-    labels = _labels(x)
-    if x.eps == 0:
-        return x.images.clone()
     eps = x.eps
-    out = torch.empty_like(x.images)
-    with eval_mode(x.model):
-        for part in _chunks(x.images, memory_mb):
-            images = x.images[part]
-            start = (images + _random_start(x.keys[part], images, eps)).clamp(0.0, 1.0) if random_start \
-                else images
-            out[part] = projected_ascent(x.model, images, labels[part], start, eps, step_ratio * eps, steps)
-    return out
+
+    def attack(images, labels, keys):
+        start = (images + _random_start(keys, images, eps)).clamp(0.0, 1.0) if random_start else images
+        return projected_ascent(x.model, images, labels, start, eps, step_ratio * eps, steps)
+    return _per_chunk(x, memory_mb, attack)
 
 
 _random_start = random_start  # pgd's parameter of the same name shadows the function there
@@ -289,16 +288,11 @@ def part_pgd(x: AttackInputs, *, method: str = "gradcam", mask_mode: str = "auto
     _check(x.kind, "tau", 0 <= tau <= 1, "a number in [0, 1]", tau)
     _check(x.kind, "eps_low_ratio", 0 <= eps_low_ratio <= 1, "a number in [0, 1]", eps_low_ratio)
     _resolve_mask_mode(mask_mode, x.images)
-    labels = _labels(x)
-    if x.eps == 0:
-        return x.images.clone()
     eps = x.eps
-    out = torch.empty_like(x.images)
-    with eval_mode(x.model):
-        for part in _chunks(x.images, memory_mb):
-            images = x.images[part]
-            budget = part_eps_map(x.model, images, x.target_layer, eps, eps_low_ratio * eps, method, mask_mode,
-                                  tau, memory_mb)
-            start = images + _random_start(x.keys[part], images, eps) if random_start else images
-            out[part] = projected_ascent(x.model, images, labels[part], start, budget, step_ratio * eps, steps)
-    return out
+
+    def attack(images, labels, keys):
+        budget = part_eps_map(x.model, images, x.target_layer, eps, eps_low_ratio * eps, method, mask_mode,
+                              tau, memory_mb)
+        start = images + _random_start(keys, images, eps) if random_start else images
+        return projected_ascent(x.model, images, labels, start, budget, step_ratio * eps, steps)
+    return _per_chunk(x, memory_mb, attack)

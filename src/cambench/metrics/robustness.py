@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..perturbations import _uniform, perturbation_keys
@@ -40,7 +39,7 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0,
     with its defaults (uniform window of 7, sample covariance, mean over fully-inside windows)."""
     # Window sums of x, y, x² + y² and xy (the formula needs vx + vy only, not each), in float64
     # (the variances are differences of window sums), by a separable box filter: a running sum
-    # along the last axis differenced at distance win, shifted-slab accumulation along the others.
+    # along the last axis differenced at distance win, sums of shifted slabs along the others.
     # SSIM is written in the sums (the window volume cancels). On the CPU the maps go in chunks
     # of about 2 MB of sums, which stay in cache across the ~25 passes.
     size = tuple(a.shape[1:])
@@ -54,7 +53,8 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0,
     n, dev = a.shape[0], a.device
     step = max(1, ((1 << 21) if dev.type == "cpu" else (1 << 28)) // (32 * math.prod(size)))
     total = torch.empty(n, dtype=torch.float64, device=dev)
-    for i in range(0, n, step):
+
+    def chunk(i: int) -> None:
         j = min(n, i + step)
         m = torch.empty((j - i, 4) + size[:-1] + (size[-1] + 1,), dtype=torch.float64, device=dev)
         m[..., 0] = 0
@@ -65,10 +65,18 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0,
         torch.mul(x, y, out=xy)
         m = m.cumsum(dim=-1)
         t = m[..., win:] - m[..., :-win]
-        for d in range(2, nd + 1):
-            acc = t.narrow(d, 0, valid[d - 2]) + t.narrow(d, 1, valid[d - 2])
-            for k in range(2, win):
-                acc += t.narrow(d, k, valid[d - 2])
+        for d in range(2, nd + 1):  # by doubling: sums of width 2w from two of width w
+            sums, w = {1: t}, 1
+            while 2 * w <= win:
+                length = sums[w].shape[d] - w
+                sums[2 * w] = sums[w].narrow(d, 0, length) + sums[w].narrow(d, w, length)
+                w *= 2
+            acc, have = sums[w], w
+            while have < win:
+                part = 1 << ((win - have).bit_length() - 1)
+                length = t.shape[d] - have - part + 1
+                acc = acc.narrow(d, 0, length) + sums[part].narrow(d, have, length)
+                have += part
             t = acc
         sx, sy, sq, sxy = t.unbind(1)
         # with sums s = vol * mean: ssim = 4 (sx sy + c1 vol²/2) (sxy - sx sy / vol + c2 vol / (2 cov_norm))
@@ -80,6 +88,23 @@ def ssim(a: Tensor, b: Tensor, win_size: int = 7, data_range: float = 1.0,
         den = torch.add(sq, u2, alpha=-1 / vol).add_(c2 * vol / cov_norm)
         den *= u2.add_(c1 * vol * vol)
         total[i:j] = num.div_(den).flatten(1).sum(dim=1)
+
+    # CPU threads take whole chunks, each op on one thread: splitting each of the ~1000 small ops
+    # over the intra-op threads puts a barrier in each, and on a shared CPU a descheduled thread
+    # stalls them all (2 threads on 2 busy cores ran 100x slower than 1).
+    starts = range(0, n, step)
+    threads = torch.get_num_threads()
+    if dev.type != "cpu" or threads == 1:
+        for i in starts:
+            chunk(i)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+                list(pool.map(chunk, starts))
+        finally:
+            torch.set_num_threads(threads)
     return (total * (4 / math.prod(valid))).float()
 
 
