@@ -201,6 +201,8 @@ def test_cascade_order_and_scopes(net):
     assert cascade_order(net, "features.relu2", "all") == ["fc", "features.conv2", "features.conv1"]
     assert cascade_order(net, "features.relu2", "above") == ["fc"]
     assert cascade_order(net, "features.conv2", "below") == ["features.conv2", "features.conv1"]
+    assert cascade_order(net, "features.-1", "above") == ["fc"]        # engine-style names (negative index)
+    assert cascade_order(net, "features.-2", "below") == ["features.conv2", "features.conv1"]
     with pytest.raises(ValueError, match="no layer with parameters above"):
         cascade_order(net, "fc", "above")
     clone = randomised_copy(net, ["fc"], seed=0)

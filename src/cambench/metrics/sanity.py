@@ -25,6 +25,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ..engine import resolve_layer
 from . import MetricInputs, explain_maps, register_metric
 from .robustness import similarity as map_similarity
 
@@ -44,13 +45,15 @@ def cascade_order(model: nn.Module, target_layer: str, scope: str) -> list[str]:
     names = [name for name, _ in parametrised_layers(model)]
     if not names:
         raise ValueError("mprt: the model has no layer with parameters to randomise")
-    target_modules = {id(m) for m in dict(model.named_modules())[target_layer].modules()}
+    target = resolve_layer(model, target_layer)          # dotted names with negative indices too
+    modules = dict(model.named_modules())
+    target_modules = {id(m) for m in target.modules()}
     position = {name: i for i, name in enumerate(names)}
-    inside = [n for n in names if id(dict(model.named_modules())[n]) in target_modules]
+    inside = [n for n in names if id(modules[n]) in target_modules]
     last_below = max((position[n] for n in inside), default=-1)
     if last_below < 0:  # target layer without parameters (e.g. an activation): use registration order
-        order = list(dict(model.named_modules()))
-        cut = order.index(target_layer)
+        order = list(modules)
+        cut = next(i for i, (_, m) in enumerate(modules.items()) if m is target)
         last_below = max((position[n] for n in names if order.index(n) <= cut), default=-1)
     chosen = {"all": names, "above": names[last_below + 1:], "below": names[:last_below + 1]}[scope]
     if not chosen:
