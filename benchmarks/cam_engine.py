@@ -20,18 +20,21 @@ import cambench
 from cambench.provenance import device_description
 
 
-def timed_interleaved_results(fns: dict, repeats: int, sync) -> tuple[dict, dict]:
+def timed_interleaved_results(fns: dict, repeats: int, sync, warmups: dict | None = None) -> tuple[dict, dict]:
     """Median seconds per callable over round-robin rounds (drift hits every candidate alike),
-    and each callable's result from its warm-up call."""
-    results = {key: fn() for key, fn in fns.items()}  # warm-up
+    and each callable's result. The warm-up is one call of each callable, or of ``warmups[key]``
+    (e.g. the same work on fewer inputs) when given; the results then come from the first round."""
+    results = {key: (warmups or fns)[key]() for key in fns}
     sync()
     times = {k: [] for k in fns}
-    for _ in range(repeats):
+    for round_ in range(repeats):
         for key, fn in fns.items():
             start = time.perf_counter()
-            fn()
+            out = fn()
             sync()
             times[key].append(time.perf_counter() - start)
+            if warmups and round_ == 0:
+                results[key] = out
     return {k: statistics.median(v) for k, v in times.items()}, results
 
 

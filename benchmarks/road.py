@@ -94,7 +94,9 @@ def main() -> None:
             model, x[:n], cams[:n], name, targets=targets[:n], **common).cpu().numpy()
         fns[f"ref_{name}"] = lambda n, ref=ref: np.asarray(ref(x[:n], cams_np[:n], pgc_targets[:n], model))
     load = os.getloadavg()[0]
-    t, values = timed_interleaved_results(fns, args.repeats, sync)
+    warm = {k: (lambda f=f: f(2)) for k, f in fns.items()}             # warm-up on 2 images
+    full = {k: (lambda f=f: f(args.images)) for k, f in fns.items()}
+    t, values = timed_interleaved_results(full, args.repeats, sync, warmups=warm)
     print(f"1-min load average before / after: {load:.2f} / {os.getloadavg()[0]:.2f} (other processes share the CPU)")
     print(f"device: {device_description(dev)}; small_cnn, {args.size} px, {args.images} images, "
           f"percentiles {PERCENTILES[0]}..{PERCENTILES[-1]} ({len(PERCENTILES)}); noise 0, logit, CG tol {args.tol:g}; "
