@@ -313,7 +313,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     clean_predictions = clean.predictions if clean is not None else hm.predictions
     shared = {"masks": masks, "fill": images.new_tensor(ds.mean), "memory_mb": memory_mb, "predictions": predictions,
               "target_layer": layer, "network": net, "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
-              "batch_size": batch_size, "cache": {}}
+              "batch_size": batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev)}
     if clean is not None:
         shared["reference_predictions"] = torch.from_numpy(clean.predictions).to(dev)
     frames = []
@@ -321,7 +321,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
         for method, maps in hm.maps.items():
             heat = torch.from_numpy(maps).to(dev)
             extra = dict(shared, method=method, method_params=method_specs.get(method, {}),
-                         raw=torch.from_numpy(hm.raw[method]).to(dev), scores=torch.from_numpy(hm.scores).to(dev),
+                         raw=torch.from_numpy(hm.raw[method]).to(dev),
                          weights=torch.from_numpy(hm.weights[method]).to(dev) if method in hm.weights else None)
             if clean is not None:
                 extra["reference"] = torch.from_numpy(clean.maps[method]).to(dev)

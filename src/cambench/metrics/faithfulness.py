@@ -213,26 +213,29 @@ _DOC_CURVE = """
 """
 
 
+def _curve_auc(x: MetricInputs, metric: str, steps: int, substrate: str, score: str, blur_padding: str,
+               insert: bool) -> Tensor:
+    """Deletion (image -> substrate) or insertion (substrate -> image) AUC; the one shared check path."""
+    x.require("model", metric=metric)
+    _check_steps(steps, metric)
+    _check_score(score, metric)
+    other = _substrate(x, substrate, blur_padding, metric)
+    base, replacement = (other, x.images) if insert else (x.images, other)
+    return trapezoid_auc(removal_curve(x, steps, base, replacement, score))
+
+
 @register_metric("deletion_auc", needs=("model",), higher_is_better=False, family="faithfulness",
                  summary="area under the target score as the most salient pixels are removed")
 def deletion_auc(x: MetricInputs, steps: int = 64, substrate: str = "mean", score: str = "prob",
                  blur_padding: str = "mean") -> Tensor:
-    x.require("model", metric="deletion_auc")
-    _check_steps(steps, "deletion_auc")
-    _check_score(score, "deletion_auc")
-    fill = _substrate(x, substrate, blur_padding, "deletion_auc")
-    return trapezoid_auc(removal_curve(x, steps, x.images, fill, score))
+    return _curve_auc(x, "deletion_auc", steps, substrate, score, blur_padding, insert=False)
 
 
 @register_metric("insertion_auc", needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="area under the target score as the most salient pixels are restored on a blurred image")
 def insertion_auc(x: MetricInputs, steps: int = 64, substrate: str = "blur", score: str = "prob",
                   blur_padding: str = "mean") -> Tensor:
-    x.require("model", metric="insertion_auc")
-    _check_steps(steps, "insertion_auc")
-    _check_score(score, "insertion_auc")
-    start = _substrate(x, substrate, blur_padding, "insertion_auc")
-    return trapezoid_auc(removal_curve(x, steps, start, x.images, score))
+    return _curve_auc(x, "insertion_auc", steps, substrate, score, blur_padding, insert=True)
 
 
 deletion_auc.__doc__ = f"""RISE deletion: start from the image, replace the next pixels by the substrate per step;
