@@ -27,6 +27,7 @@ include: "rules/heatmaps.smk"
 include: "rules/metrics.smk"
 include: "rules/stats.smk"
 include: "rules/report.smk"
+include: "rules/papers.smk"
 
 
 rule all:

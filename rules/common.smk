@@ -9,6 +9,7 @@ try:
                                  schema_errors)
     from cambench.data import standin_format, standin_writes_masks
     from cambench.engine import method_of
+    from cambench.papers import PAPERS, check_paper_keys, paper_models
     from cambench.perturbations import perturbations as registered_perturbations
 except ImportError as err:
     raise WorkflowError(
@@ -78,10 +79,14 @@ def model_pairs():
     return [(spec["dataset"], name) for name, spec in MODELS.items()]
 
 
-def dataset_format(wildcards):
+def format_of(dataset):
     """The dataset's source format; a stand-in is written in its own kind's format."""
-    spec = DATASETS[wildcards.dataset]
+    spec = DATASETS[dataset]
     return standin_format(spec["standin"]["kind"]) if is_standin(spec) else spec["format"]
+
+
+def dataset_format(wildcards):
+    return format_of(wildcards.dataset)
 
 
 def dataset_source(wildcards):
@@ -169,13 +174,92 @@ def gallery_files():
     ]
 
 
+def report_metrics(key):
+    """report.<key>: registered metric names (else a config error), limited to those metrics.compute runs."""
+    from cambench.metrics import METRICS
+
+    unknown = [m for m in config["report"][key] if m not in METRICS]
+    if unknown:
+        raise WorkflowError(f"invalid config: config key 'report.{key}': unknown metric(s) {unknown}")
+    return [m for m in config["report"][key] if m in config["metrics"]["compute"]]
+
+
+def figure_files():
+    """Report figures: the rank heatmap, one distribution figure per metric family computed, per model
+    critical-difference diagrams and (with a perturbation sweep) robustness curves, and the
+    consistency-responsiveness plane where both metrics are computed."""
+    from cambench.metrics import METRICS
+
+    computed = config["metrics"]["compute"]
+    perturbed = len(SWEEP) > 1
+    families = sorted({METRICS.get(m).meta["family"] for m in computed})
+    files = ["results/figures/rank_heatmap.png", *[f"results/figures/distributions_{f}.png" for f in families]]
+    if report_metrics("cd_metrics"):
+        files += [f"results/figures/critical_difference_{m}.png" for _, m in model_pairs()]
+    if perturbed and report_metrics("curve_metrics"):
+        files += [f"results/figures/robustness_curves_{m}.png" for _, m in model_pairs()]
+    if perturbed and {"consistency", "responsiveness"} <= set(computed):
+        files.append("results/figures/consistency_responsiveness.png")
+    return files
+
+
+PROVENANCE_OUTPUTS = [
+    "results/provenance/provenance.html",
+    "results/provenance/provenance.json",
+    "results/tables/runtimes.csv",
+    "results/tables/lineage.csv",
+]
+
+
+def provenance_inputs():
+    """Every result the run makes, and the intermediate files between them (for the lineage)."""
+    chain = [f"results/{d}/dataset.h5" for d in dict.fromkeys(d for d, _ in model_pairs())]
+    chain += [f"results/{d}/{m}/model.pt" for d, m in model_pairs()]
+    chain += metric_files()
+    results = [f for f in all_outputs() if f not in PROVENANCE_OUTPUTS]
+    return list(dict.fromkeys(chain + results))
+
+
 def all_outputs():
     return [
+        *PROVENANCE_OUTPUTS,
         "results/metrics.parquet",
         "results/tables/metric_summary.csv",
         "results/tables/friedman.csv",
+        "results/tables/posthoc.csv",
+        "results/tables/kruskal.csv",
+        "results/tables/mixed_model.csv",
         "results/tables/models.csv",
-        "results/figures/metric_distributions.png",
+        *figure_files(),
         *gallery_files(),
         *[f for d, m in model_pairs() for f in heatmap_files(d, m)],
     ]
+
+
+# Paper figures (rules/papers.smk)
+def _model_method_names(model):
+    """Labels and registered names of the methods a model runs (an alias label counts as its method)."""
+    chosen = MODELS[model].get("methods") or list(config["cam"]["methods"])
+    return [n for label in chosen for n in {label, method_of(label, config["cam"]["methods"][label])[0]}]
+
+
+def paper_selection():
+    """paper -> models it uses; papers whose domain no configured model has are left out."""
+    keys = check_paper_keys(config["papers"]["include"] or list(PAPERS))
+    methods = {m: _model_method_names(m) for m in MODELS}
+    chosen = {k: paper_models(k, MODELS, {d: format_of(d) for d in DATASETS}, methods, config["papers"]["models"].get(k)) for k in keys}
+    return {k: v for k, v in chosen.items() if v}
+
+
+def metacam_models():
+    return [m for m in paper_selection().get("kaczmarek2023_metacam", [])]
+
+
+def cifake_pairs():
+    return [(MODELS[m]["dataset"], m) for m in paper_selection().get("bird2023_cifake", [])]
+
+
+def paper_figure_files():
+    files = [f"results/papers/{k}.csv" for k in paper_selection()] + ["results/papers/index.csv"]
+    files += [f"results/{d}/{m}/papers/cifake_gradcam.png" for d, m in cifake_pairs()]
+    return files

@@ -40,13 +40,15 @@ rule aggregate_metrics:
             "results/metrics.csv",
             caption="../reports/metrics_table.rst",
             category="Tables",
+            subcategory="metrics",
             labels={"table": "metrics (per image)"},
         ),
         summary=report(
             "results/tables/metric_summary.csv",
             caption="../reports/metric_summary.rst",
             category="Tables",
-            labels={"table": "metric summary"},
+            subcategory="metrics",
+            labels={"table": "metric summary (means, 95 % CIs)"},
         ),
     params:
         bootstrap=config["stats"]["bootstrap"],

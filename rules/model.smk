@@ -32,7 +32,8 @@ rule models_table:
             "results/tables/models.csv",
             caption="../reports/models.rst",
             category="Models",
-            labels={"table": "accuracy"},
+            subcategory="accuracy",
+            labels={"table": "accuracy and training time"},
         ),
     log:
         "results/logs/models_table.log",

@@ -1,18 +1,42 @@
-# Statistics: Friedman test across methods with images as blocks, Kendall's W, Holm-adjusted p.
+# Statistics: Friedman across methods (images as blocks), pairwise post-hoc tests, Kruskal-Wallis across
+# (dataset, model) groups with Dunn pairs, linear mixed models of method x severity. Holm-adjusted p throughout.
 
 
 rule statistics:
     input:
         "results/metrics.parquet",
     output:
-        report(
+        friedman=report(
             "results/tables/friedman.csv",
             caption="../reports/friedman.rst",
             category="Statistical tests",
+            subcategory="Tables: across methods",
             labels={"table": "Friedman across methods"},
+        ),
+        posthoc=report(
+            "results/tables/posthoc.csv",
+            caption="../reports/posthoc.rst",
+            category="Statistical tests",
+            subcategory="Tables: across methods",
+            labels={"table": "Pairwise post-hoc (Wilcoxon, Nemenyi)"},
+        ),
+        kruskal=report(
+            "results/tables/kruskal.csv",
+            caption="../reports/kruskal.rst",
+            category="Statistical tests",
+            subcategory="Tables: across models",
+            labels={"table": "Kruskal-Wallis across models (Dunn pairs)"},
+        ),
+        mixed_model=report(
+            "results/tables/mixed_model.csv",
+            caption="../reports/mixed_model.rst",
+            category="Statistical tests",
+            subcategory="Tables: severity",
+            labels={"table": "Mixed model method x severity"},
         ),
     params:
         alpha=config["stats"]["alpha"],
+        mixed_model_metrics=config["stats"]["mixed_model_metrics"],
     log:
         "results/logs/statistics.log",
     benchmark:

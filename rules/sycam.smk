@@ -12,6 +12,7 @@ rule search_sycam:
             "results/{dataset}/{model}/sycam/search.csv",
             caption="../reports/sycam.rst",
             category="SyCAM search",
+            subcategory="{model}",
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
     params:

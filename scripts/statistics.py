@@ -1,7 +1,8 @@
-"""Friedman tests across methods (rule statistics)."""
+"""Friedman, pairwise post-hoc, Kruskal-Wallis and mixed-model tables (rule statistics)."""
 from cambench.scripting import logged
-from cambench.stats import run_statistics
+from cambench.stats import STATS_OUTPUTS, run_statistics
 
 sm = snakemake  # noqa: F821
 with logged(sm):
-    run_statistics(sm.input[0], sm.output[0], alpha=sm.params.alpha)
+    run_statistics(sm.input[0], {name: sm.output[name] for name in STATS_OUTPUTS}, alpha=sm.params.alpha,
+                   mixed_model_metrics=sm.params.mixed_model_metrics)

@@ -10,12 +10,15 @@ import yaml
 from cambench.data import generate_shapes
 from cambench.metrics import METRICS, metrics
 
+from browser import chromium_page
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 ALL_METRICS = metrics()
 # Metrics that exist only where a clean reference exists, or only for channel-weight methods.
 NEEDS_REFERENCE = {m for m in ALL_METRICS if "reference" in METRICS.get(m).meta.get("needs", ())}
+# A user's class folder named like markup: the report must show it as text, never run it.
+HOSTILE_CLASS = 'ring<img src=x onerror="window.__pwned=1">&amp;'
 WEIGHT_METHODS = {"gradcam", "gradcampp", "xgradcam", "ablationcam", "score_tc", "sycam"}  # sum_k w_k A^k
 
 TINY = {
@@ -53,6 +56,8 @@ def workdir(tmp_path_factory):
     copy_workflow(work)
     generate_shapes(work / "mydata", work / "unused_masks", {"train": 10, "test": 3}, classes=["ring", "diamond"],
                     image_size=32, seed=5)
+    for split in ("train", "test"):
+        (work / "mydata" / split / "ring").rename(work / "mydata" / split / HOSTILE_CLASS)
     (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     snakemake(work, "--cores", "2", "--configfile", "tiny.yaml")
     return work
@@ -74,7 +79,9 @@ def test_sycam_search_feeds_the_heatmap_jobs(workdir):
 
 def test_outputs_exist(workdir):
     for rel in ["results/metrics.parquet", "results/metrics.csv", "results/tables/metric_summary.csv",
-                "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/metric_distributions.png",
+                "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/distributions_faithfulness.png",
+                "results/figures/rank_heatmap.png", "results/figures/critical_difference_tiny_cnn.png",
+                "results/figures/robustness_curves_byo_cnn.png", "results/figures/consistency_responsiveness.png",
                 "results/tiny/tiny_cnn/figures/gallery_gaussian~0.3.png", "results/byo/byo_cnn/heatmaps/none~0.h5"]:
         assert (workdir / rel).stat().st_size > 0, rel
 
@@ -160,10 +167,45 @@ def test_report_and_nothing_left_to_do(workdir):
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
+def test_report_opens_in_chromium_without_errors(workdir):
+    """The self-contained report renders in a real browser: no console error, no uncaught exception,
+    no failed request (it works offline), every category opens, the provenance page shows in the
+    report's viewer, and user text (a class folder named like markup) stays text."""
+    report = workdir / "results/report.html"
+    if not report.exists():
+        snakemake(workdir, "--configfile", "tiny.yaml", "--report", "results/report.html")
+    with chromium_page() as page:
+        def open_category(name):
+            page.goto(report.as_uri())
+            page.wait_for_load_state("networkidle")
+            page.get_by_text(name, exact=True).first.click()
+            page.wait_for_timeout(200)
+
+        page.goto(report.as_uri())
+        page.wait_for_load_state("networkidle")
+        assert "cambench compared the CAM methods" in page.inner_text("body")
+        for category, entry in [("Statistical tests", "Tables: across methods"), ("Heatmaps", "tiny_cnn"),
+                                ("Tables", "metrics"), ("Robustness", "Severity curves"),
+                                ("Provenance", "lineage of every output")]:
+            open_category(category)
+            assert entry in page.inner_text("body"), category
+        open_category("Provenance")  # one subcategory: its entries are listed at once
+        page.locator("tr", has_text="provenance: commit, config").locator("a[iconname=eye]").click()
+        page.wait_for_timeout(1000)
+        viewer = [f for f in page.frames if f.url.startswith("data:text/html")]
+        assert len(viewer) == 1
+        text = viewer[0].inner_text("body")
+        assert "Provenance of this run" in text and HOSTILE_CLASS in text and "train_model" in text
+        assert viewer[0].locator('img[src="x"]').count() == 0
+        assert all(f.evaluate("window.__pwned") is None for f in page.frames)
+        assert page.problems == [], page.problems
+
+
 @pytest.mark.parametrize("section,change,key", [
     ("cam", {"batch_size": "many"}, "config key 'cam.batch_size'"),
     ("cam", {"methods": {"scorecamm": {}}}, "config key 'cam.methods.scorecamm': unknown method"),
     ("datasets", {"shapes": {"root": "does/not/exist"}}, "config key 'datasets.shapes.root': folder not found"),
+    ("report", {"curve_metrics": ["pointing_gaem"]}, "config key 'report.curve_metrics': unknown metric(s)"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, section, change, key):
     copy_workflow(tmp_path)

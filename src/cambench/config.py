@@ -340,3 +340,28 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
     if need_sweep and not kinds:
         raise ConfigError(f"config key 'metrics.compute': {need_sweep} need a perturbation sweep, "
                           f"but 'perturbations' is empty")
+    _check_papers(config)
+
+
+def _check_papers(config: dict) -> None:
+    from .papers import PAPERS
+    papers = config.get("papers") or {}
+    unknown = [k for k in papers.get("include") or [] if k not in PAPERS]
+    if unknown:
+        raise ConfigError(f"config key 'papers.include': unknown paper(s) {unknown}; available: {', '.join(PAPERS)}")
+    for key, models in (papers.get("models") or {}).items():
+        if key not in PAPERS:
+            raise ConfigError(f"config key 'papers.models.{key}': unknown paper; available: {', '.join(PAPERS)}")
+        missing = [m for m in models if m not in config["models"]]
+        if missing:
+            raise ConfigError(f"config key 'papers.models.{key}': unknown model(s) {missing}; "
+                              f"configured: {', '.join(config['models'])}")
+    components = (papers.get("metacam") or {}).get("components") or []
+    bad = [c for c in components if c not in METHODS]
+    if bad:
+        raise ConfigError(f"config key 'papers.metacam.components': unknown method(s) {bad}; "
+                          f"registered: {', '.join(METHODS.names())}")
+    for key in ("mixed_model_metrics",):
+        bad = [m for m in (config.get("stats") or {}).get(key) or [] if m not in METRICS]
+        if bad:
+            raise ConfigError(f"config key 'stats.{key}': unknown metric(s) {bad}; registered: {', '.join(METRICS.names())}")

@@ -287,7 +287,8 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                     clean_heatmaps_path: str | Path, output: str | Path, *, metrics: dict, score: str,
                     memory_mb: float, perturbation: str, level: float, split: str, seed: int,
                     dataset: str, model: str, device: str = "auto", batch_size: int = 64,
-                    perturbation_params: dict | None = None, perturbed: str | Path | None = None) -> pd.DataFrame:
+                    perturbation_params: dict | None = None, perturbed: str | Path | None = None,
+                    config: dict | None = None) -> pd.DataFrame:
     """Tidy table: one row per image × method × metric for this (perturbation, level).
 
     A metric that does not apply to an image (no mask, prediction changed, the clean level for a
@@ -347,6 +348,8 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                 }))
                 bar.update(1)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    inputs = [dataset_path, model_path, heatmaps_path, clean_heatmaps_path, *([perturbed] if perturbed else [])]
+    table.attrs["provenance"] = _json(provenance(config, list(dict.fromkeys(inputs)), seed, dev))
     with atomic_path(output) as tmp:
         table.to_parquet(tmp, index=False)
     return table
@@ -398,6 +401,7 @@ def bootstrap_robustness_ci(values: np.ndarray, unchanged: np.ndarray, n_boot: i
 def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, output_csv: str | Path,
                       output_summary: str | Path, n_boot: int, seed: int) -> pd.DataFrame:
     table = pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True)
+    table.attrs = {"provenance": _json(provenance(None, list(inputs), seed))}
     for path, write in ((output_parquet, lambda t, p: t.to_parquet(p, index=False)),
                         (output_csv, lambda t, p: t.to_csv(p, index=False))):
         with atomic_path(path) as tmp:

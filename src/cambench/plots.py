@@ -1,19 +1,35 @@
 """Figures for the report (matplotlib / seaborn), written atomically as PNG."""
 from __future__ import annotations
 
+import json
+import logging
+import math
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+import scikit_posthocs as sp  # noqa: E402
 import torch  # noqa: E402
 
 from .data import read_dataset  # noqa: E402
+from .metrics import METRICS  # noqa: E402
 from .metrics.localisation import peak_coordinates  # noqa: E402
 from .store import read_heatmaps  # noqa: E402
 from .utils import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "metric", "mean", "ci_low", "ci_high"]
+STATS_COLUMNS = ["dataset", "model", "perturbation", "level", "metric", "test", "groups", "p_adj", "mean_ranks"]
+FAMILIES = ("faithfulness", "robustness", "localisation", "axioms", "sanity", "complexity")
+CLEAN = ("none", 0.0)
 
 
 def _pick(labels: np.ndarray, n: int) -> np.ndarray:
@@ -84,20 +100,428 @@ def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: s
     _save(fig, output)
 
 
-def metric_distributions(metrics_parquet: str, output: str) -> None:
-    """Per metric: distribution of per-image values per method, one box per perturbation level."""
-    table = pd.read_parquet(metrics_parquet)
-    table["condition"] = np.where(table["perturbation"] == "none", "clean",
-                                  table["perturbation"] + " " + table["level"].map("{:g}".format))
-    order = sorted(table["condition"].unique(), key=lambda c: (c != "clean", c))
-    metrics = sorted(table["metric"].unique())
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 2.8 * len(metrics)), squeeze=False)
+# --------------------------------------------------------------------------------------------
+# Shared: reading the tables, metric names, colours, conditions
+# --------------------------------------------------------------------------------------------
+
+def _read_table(path: str | Path, columns: list[str]) -> pd.DataFrame:
+    """A CSV or parquet table with at least ``columns`` and at least one row (else ValueError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"table not found: {path}")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: expected columns {columns}, missing {missing}")
+    if table.empty:
+        raise ValueError(f"{path}: the table has no rows; nothing to plot")
+    table["level"] = table["level"].astype(float)
+    return table
+
+
+def _higher_is_better(metric: str) -> bool | None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; registered: {', '.join(METRICS.names())}")
+    return METRICS.get(metric).meta.get("higher_is_better")
+
+
+def _direction(metric: str) -> str:
+    return {True: "↑ better", False: "↓ better", None: "no better direction"}[_higher_is_better(metric)]
+
+
+def _check_metrics(metrics, table: pd.DataFrame, path, parameter: str, skip_missing: bool) -> list[str]:
+    """``metrics`` as a list of registered names present in ``table``. A name absent from the whole
+    table is an error, or (``skip_missing``, as the workflow passes) left out with a log line."""
+    if isinstance(metrics, str) or not metrics:
+        raise ValueError(f"{parameter} must be a non-empty list of metric names, got {metrics!r}")
+    metrics = list(dict.fromkeys(metrics))
+    for metric in metrics:
+        _higher_is_better(metric)
+    present = set(table["metric"])
+    absent = [m for m in metrics if m not in present]
+    if absent and not (skip_missing and len(absent) < len(metrics)):
+        raise ValueError(f"{parameter}: metric(s) {absent} have no rows in {path}; present: {sorted(present)}")
+    if absent:
+        log.info("%s: %s have no rows in %s; left out", parameter, absent, path)
+    return [m for m in metrics if m in present]
+
+
+def _method_colours(methods) -> dict[str, tuple]:
+    """One fixed colour per method (sorted names), the same in every figure drawn from one table."""
+    methods = sorted(set(methods))
+    if len(methods) > 20:
+        return dict(zip(methods, sns.color_palette("husl", len(methods))))
+    tab20 = sns.color_palette("tab20", 20)
+    return dict(zip(methods, tab20[0::2] + tab20[1::2]))  # the ten strong colours first, then their light pairs
+
+
+def _condition(perturbation: str, level: float) -> str:
+    return "clean" if perturbation == "none" else f"{perturbation} {level:g}"
+
+
+def parse_condition(condition: str) -> tuple[str, float]:
+    """'clean' (or 'none') -> ('none', 0.0); 'gaussian~0.1' -> ('gaussian', 0.1), as in the file names."""
+    if condition in ("clean", "none", "none~0"):
+        return CLEAN
+    kind, _, level = condition.partition("~")
+    try:
+        return kind, float(level)
+    except ValueError:
+        raise ValueError(f"condition must be 'clean' or '<perturbation>~<level>' (e.g. 'gaussian~0.1'), "
+                         f"got {condition!r}") from None
+
+
+def _at(table: pd.DataFrame, perturbation: str, level: float) -> pd.Series:
+    return (table["perturbation"] == perturbation) & np.isclose(table["level"], level)
+
+
+def _note(ax, text: str) -> None:
+    """An empty panel that says why it is empty."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, wrap=True, transform=ax.transAxes, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
+def _model_rows(table: pd.DataFrame, model: str, path) -> pd.DataFrame:
+    rows = table[table["model"] == model]
+    if rows.empty:
+        raise ValueError(f"model '{model}' has no rows in {path}; models present: {sorted(set(table['model']))}")
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Robustness curves: metric against severity, per perturbation kind
+# --------------------------------------------------------------------------------------------
+
+def robustness_curves(summary_csv: str | Path, output: str | Path, metrics: list[str], model: str,
+                      skip_missing: bool = False) -> None:
+    """One model: rows = ``metrics``, columns = perturbation kinds; x = severity (the clean point at 0
+    where the metric exists on clean images), y = mean with its 95 % CI as a band, one line per method."""
+    table = _read_table(summary_csv, SUMMARY_COLUMNS)
+    metrics = _check_metrics(metrics, table, summary_csv, "metrics", skip_missing)
+    rows = _model_rows(table, model, summary_csv)
+    kinds = sorted(set(rows["perturbation"]) - {"none"})
+    if not kinds:
+        raise ValueError(f"{summary_csv}: model '{model}' has no perturbed rows; robustness curves need a sweep")
+    colours = _method_colours(table["method"])
+    methods = sorted(set(rows["method"]))
+    band_alpha = 0.2 if len(methods) <= 5 else 0.07  # many overlapping bands: keep the lines readable
+    fig, axes = plt.subplots(len(metrics), len(kinds), figsize=(3.4 * len(kinds), 2.2 * len(metrics)),
+                             squeeze=False, sharex="col")
+    for r, metric in enumerate(metrics):
+        of_metric = rows[rows["metric"] == metric]
+        for c, kind in enumerate(kinds):
+            ax = axes[r, c]
+            curve_rows = of_metric[of_metric["perturbation"].isin(["none", kind])]
+            if curve_rows.empty:
+                _note(ax, f"no {metric} rows for {model}")
+            levels = sorted(set(rows.loc[rows["perturbation"].isin(["none", kind]), "level"]))
+            dodge = 0.012 * (max(levels) - min(levels) or 1.0)
+            for i, method in enumerate(methods):
+                line = curve_rows[curve_rows["method"] == method].sort_values("level")
+                if line.empty:
+                    continue
+                x = line["level"].to_numpy()
+                if len(line) == 1:  # a band needs two points: a lone point gets a CI bar, methods side by side
+                    x = x + dodge * (i - (len(methods) - 1) / 2)
+                    mean, low, high = line[["mean", "ci_low", "ci_high"]].iloc[0]
+                    ax.errorbar(x, [mean], yerr=np.nan_to_num([[mean - low], [high - mean]]), fmt="none",
+                                ecolor=colours[method], elinewidth=0.8, capsize=1.5)
+                ax.plot(x, line["mean"], marker="o", markersize=3, linewidth=1.2, color=colours[method], label=method)
+                ax.fill_between(x, line["ci_low"], line["ci_high"], color=colours[method], alpha=band_alpha,
+                                linewidth=0)
+            if not curve_rows.empty:
+                ax.set_xticks(levels)
+                ax.tick_params(labelsize=7)
+                ax.grid(alpha=0.3, linewidth=0.5)
+            if r == 0:
+                ax.set_title(kind, fontsize=9)
+            if r == len(metrics) - 1:
+                ax.set_xlabel("severity (0 = clean)", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{metric}\n({_direction(metric)})", fontsize=8)
+    handles = [plt.Line2D([], [], color=colours[m], marker="o", markersize=3, label=m) for m in methods]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.suptitle(f"{model}: mean and 95 % bootstrap CI against perturbation severity", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
+    _save(fig, output)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranks from the Friedman table: oriented so that rank 1 = best
+# --------------------------------------------------------------------------------------------
+
+def oriented_ranks(friedman_df: pd.DataFrame) -> pd.DataFrame:
+    """Long table (dataset, model, perturbation, level, metric, method, rank, k) of the Friedman
+    table's mean ranks turned so that rank 1 = best: ``mean_ranks`` ranks the lowest value 1, so a
+    higher-is-better metric's rank r becomes k + 1 - r (exact for average ranks with ties). Rows
+    without ranks (no test) and metrics with no better direction (higher_is_better None) are left out."""
+    missing = [c for c in ["dataset", "model", "perturbation", "level", "metric", "mean_ranks"]
+               if c not in friedman_df.columns]
+    if missing:
+        raise ValueError(f"friedman_df: missing columns {missing}")
+    rows = []
+    for rec in friedman_df.itertuples(index=False):
+        text = rec.mean_ranks
+        if not isinstance(text, str) or not text.strip():
+            continue
+        higher = _higher_is_better(rec.metric)
+        if higher is None:
+            continue
+        ranks = json.loads(text)
+        k = len(ranks)
+        for method, rank in ranks.items():
+            rows.append({"dataset": rec.dataset, "model": rec.model, "perturbation": rec.perturbation,
+                         "level": float(rec.level), "metric": rec.metric, "method": method,
+                         "rank": k + 1 - rank if higher else float(rank), "k": k})
+    return pd.DataFrame(rows, columns=["dataset", "model", "perturbation", "level", "metric", "method", "rank", "k"])
+
+
+def _significance_matrix(posthoc: pd.DataFrame, methods: list[str]) -> tuple[pd.DataFrame, int]:
+    """Square matrix of adjusted pairwise p values over ``methods`` (1 where a pair was not tested)
+    and the number of pairs found."""
+    matrix = pd.DataFrame(1.0, index=methods, columns=methods)
+    found = 0
+    for rec in posthoc.itertuples(index=False):
+        a, _, b = str(rec.groups).partition(",")
+        p = rec.p_adj if pd.notna(rec.p_adj) else getattr(rec, "p", np.nan)
+        if a in matrix.index and b in matrix.index and pd.notna(p):
+            matrix.loc[a, b] = matrix.loc[b, a] = float(p)
+            found += 1
+    return matrix, found
+
+
+def critical_difference(friedman_csv: str | Path, posthoc_csv: str | Path, output: str | Path, metrics: list[str],
+                        model: str, alpha: float = 0.05, skip_missing: bool = False) -> None:
+    """One model, clean images: a critical-difference diagram per metric (scikit-posthocs), mean ranks
+    from the Friedman table turned so that rank 1 = best (left), a bar joining methods whose Nemenyi
+    p_adj is not below ``alpha``."""
+    friedman_table = _read_table(friedman_csv, STATS_COLUMNS)
+    metrics = _check_metrics(metrics, friedman_table, friedman_csv, "metrics", skip_missing)
+    undirected = [m for m in metrics if _higher_is_better(m) is None]
+    if undirected:
+        raise ValueError(f"metrics: {undirected} have no better direction (higher_is_better None); "
+                         "a critical-difference diagram needs one")
+    if not Path(posthoc_csv).is_file():
+        raise FileNotFoundError(f"post-hoc table not found: {posthoc_csv}")
+    posthoc = pd.read_csv(posthoc_csv)  # may have no rows: then no pair is drawn as tested
+    missing = [c for c in STATS_COLUMNS if c not in posthoc.columns]
+    if missing:
+        raise ValueError(f"{posthoc_csv}: expected columns {STATS_COLUMNS}, missing {missing}")
+    posthoc["level"] = posthoc["level"].astype(float)
+    rows = _model_rows(friedman_table, model, friedman_csv)
+    clean = rows[_at(rows, *CLEAN)]
+    ranks = oriented_ranks(clean)
+    nemenyi = posthoc[(posthoc["model"] == model) & _at(posthoc, *CLEAN) & (posthoc["test"] == "nemenyi")]
+    colours = _method_colours(m for groups in friedman_table["groups"].dropna() for m in str(groups).split(","))
+    heights = [0.9 + 0.3 * math.ceil(max(len(ranks[ranks["metric"] == m]), 2) / 2) for m in metrics]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7.5, sum(heights) + 0.8), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     for ax, metric in zip(axes[:, 0], metrics):
-        sub = table[table["metric"] == metric]
-        sns.boxplot(data=sub, x="method", y="value", hue="condition", hue_order=[c for c in order if c in
-                    set(sub["condition"])], ax=ax, fliersize=1.5, linewidth=0.8)
-        ax.set_title(metric, fontsize=10)
+        test = clean[clean["metric"] == metric]
+        metric_ranks = ranks[ranks["metric"] == metric].set_index("method")["rank"].sort_values()
+        if test.empty or metric_ranks.empty:
+            notes = test["note"].dropna() if "note" in test else pd.Series(dtype=str)
+            why = notes.iloc[0] if len(notes) else f"no Friedman row for {model}"
+            ax.set_title(f"{metric} ({_direction(metric)})", fontsize=9)
+            _note(ax, f"no ranks: {why}")
+            continue
+        methods = list(metric_ranks.index)
+        matrix, found = _significance_matrix(nemenyi[nemenyi["metric"] == metric], methods)
+        sp.critical_difference_diagram(metric_ranks, matrix, ax=ax, alpha=alpha,
+                                       color_palette={m: colours[m] for m in methods},
+                                       label_props={"fontsize": 7}, text_h_margin=0.3)
+        ax.set_xlim(0.5, max(len(methods), 2) + 0.5)
+        ax.tick_params(labelsize=7)
+        rec = test.iloc[0]
+        tested = f"Friedman p_adj = {rec['p_adj']:.2g}" if pd.notna(rec["p_adj"]) else "Friedman: no test"
+        if "effect_size" in test and pd.notna(rec.get("effect_size")):
+            tested += f", Kendall's W = {rec['effect_size']:.2f}"
+        if not found:
+            tested += "; no Nemenyi rows, pairs not tested"
+        ax.set_title(f"{metric} ({_direction(metric)}): {tested}, n = {rec.get('n', '?')}", fontsize=9, pad=18)
+    fig.suptitle(f"{model}, clean images: mean rank (1 = best, left); bars join methods the Nemenyi test "
+                 f"does not separate (p_adj ≥ {alpha:g})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
+    _save(fig, output)
+
+
+def rank_heatmap(friedman_csv: str | Path, output: str | Path, condition: str = "clean") -> None:
+    """Method x metric heatmap of mean ranks (1 = best), annotated, one panel per model, for one
+    condition ('clean' or '<perturbation>~<level>'). Metrics without a better direction are left out;
+    methods are sorted by their mean rank over the metrics, metrics by family."""
+    perturbation, level = parse_condition(condition)
+    table = _read_table(friedman_csv, STATS_COLUMNS)
+    at = table[_at(table, perturbation, level)]
+    if at.empty:
+        present = sorted({_condition(p, v) for p, v in zip(table["perturbation"], table["level"])})
+        raise ValueError(f"{friedman_csv}: no rows for condition {condition!r}; conditions present: {present}")
+    ranks = oriented_ranks(at)
+    models = list(dict.fromkeys(zip(at["dataset"], at["model"])))
+    family_order = {f: i for i, f in enumerate(FAMILIES)}
+    panels = []
+    for dataset, model in models:
+        of_model = ranks[(ranks["dataset"] == dataset) & (ranks["model"] == model)]
+        grid = of_model.pivot_table(index="method", columns="metric", values="rank", aggfunc="first")
+        if not grid.empty:
+            metric_order = sorted(grid.columns,
+                                  key=lambda m: (family_order.get(METRICS.get(m).meta.get("family"), 99), m))
+            grid = grid.loc[grid.mean(axis=1).sort_values().index, metric_order]
+        panels.append((dataset, model, grid, of_model["k"].max() if not of_model.empty else 0))
+    width = max([0.42 * grid.shape[1] + 3 for *_, grid, _ in panels] + [6])
+    heights = [0.32 * max(grid.shape[0], 3) + 1.6 if not grid.empty else 0.8 for *_, grid, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (dataset, model, grid, k) in zip(axes[:, 0], panels):
+        ax.set_title(f"{dataset} / {model}", fontsize=9)
+        if grid.empty:
+            notes = at.loc[at["model"] == model, "note"].dropna() if "note" in at else pd.Series(dtype=str)
+            _note(ax, "no ranks" + (f": {notes.iloc[0]}" if len(notes) else ""))
+            continue
+        sns.heatmap(grid, ax=ax, annot=True, fmt=".1f", annot_kws={"fontsize": 6}, cmap="RdYlGn_r", vmin=1,
+                    vmax=max(k, 2), linewidths=0.3, linecolor="white",
+                    cbar_kws={"shrink": 0.8})
+        colourbar = ax.collections[0].colorbar
+        colourbar.ax.invert_yaxis()  # rank 1 (best) at the top
+        colourbar.set_label("mean rank (1 = best)", fontsize=8)
+        colourbar.ax.tick_params(labelsize=7)
         ax.set_xlabel("")
-        ax.legend(fontsize=7, title=None, loc="best")
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=7)
+        ax.set_xticklabels(ax.get_xticklabels(), rotation=90)
+        ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+    fig.suptitle(f"Mean Friedman rank per method and metric, {_condition(perturbation, level)} "
+                 "(1 = best; images as blocks)", fontsize=10)
     fig.tight_layout()
+    _save(fig, output)
+
+
+# --------------------------------------------------------------------------------------------
+# Consistency against responsiveness
+# --------------------------------------------------------------------------------------------
+
+_LABEL_OFFSETS = [(5, 4), (-5, 4), (5, -8), (-5, -8), (0, 8), (0, -11), (10, -2), (-10, -2)]  # points
+
+
+def _label_points(ax, points: list[tuple[str, float, float]], colours: dict) -> None:
+    """Name each point, choosing per point the offset whose label anchor lies farthest (in screen space)
+    from the other points and the labels placed so far: a cheap guard against labels on top of each other."""
+    to_screen = ax.transData.transform
+    scale = ax.figure.dpi / 72
+    taken = [to_screen((x, y)) for _, x, y in points]
+    for method, x, y in sorted(points, key=lambda p: (-p[2], p[1])):
+        anchor = to_screen((x, y))
+        candidates = [anchor + scale * np.array(o) for o in _LABEL_OFFSETS]
+        others = np.array([t for t in taken if not np.allclose(t, anchor)] or [anchor + 1e6])
+        best = max(range(len(candidates)), key=lambda i: np.linalg.norm(others - candidates[i], axis=1).min())
+        dx, dy = _LABEL_OFFSETS[best]
+        ax.annotate(method, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=6.5,
+                    ha="left" if dx > 0 else "right" if dx < 0 else "center", color="0.1",
+                    path_effects=[patheffects.withStroke(linewidth=2, foreground="white")],
+                    bbox=None, zorder=5)
+        taken.append(candidates[best])
+
+
+def consistency_responsiveness_plane(summary_csv: str | Path, output: str | Path) -> None:
+    """x = consistency, y = responsiveness (both higher = better: top right is robust and responsive),
+    one point per method with its 95 % CI in both directions, one panel per (model, perturbation, level).
+    A method appears where both exist (responsiveness needs a changed prediction, consistency an unchanged one)."""
+    table = _read_table(summary_csv, SUMMARY_COLUMNS)
+    pair = ["consistency", "responsiveness"]
+    rows = table[table["metric"].isin(pair) & (table["perturbation"] != "none")]
+    if rows.empty:
+        raise ValueError(f"{summary_csv}: no consistency or responsiveness rows on perturbed images")
+    colours = _method_colours(table["method"])
+    panels = sorted(set(zip(rows["dataset"], rows["model"], rows["perturbation"], rows["level"])))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    side = 4.2 if rows["method"].nunique() <= 6 else 5.6   # room for the labels of many methods
+    fig, axes = plt.subplots(nrows, ncols, figsize=(side * ncols, side * 0.92 * nrows), squeeze=False)
+    for ax, (dataset, model, kind, level) in zip(axes.flat, panels):
+        sub = rows[(rows["dataset"] == dataset) & (rows["model"] == model) & _at(rows, kind, level)]
+        wide = sub.pivot_table(index="method", columns="metric", values=["mean", "ci_low", "ci_high"], aggfunc="first")
+        ax.set_title(f"{model}: {_condition(kind, level)}", fontsize=9)
+        both = wide.dropna(subset=[("mean", m) for m in pair if ("mean", m) in wide.columns]) \
+            if all(("mean", m) in wide.columns for m in pair) else wide.iloc[:0]
+        if both.empty:
+            lacking = [m for m in pair if m not in set(sub["metric"])]
+            _note(ax, f"no method has both metrics here (no rows of {', '.join(lacking) or 'both for one method'})")
+            continue
+        points = []
+        for method, rec in both.iterrows():
+            x, y = rec[("mean", "consistency")], rec[("mean", "responsiveness")]
+            xerr = [[max(x - rec[("ci_low", "consistency")], 0)], [max(rec[("ci_high", "consistency")] - x, 0)]]
+            yerr = [[max(y - rec[("ci_low", "responsiveness")], 0)], [max(rec[("ci_high", "responsiveness")] - y, 0)]]
+            ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o", markersize=4,
+                        color=colours[method], elinewidth=0.8, capsize=2, alpha=0.9)
+            points.append((method, x, y))
+        ax.margins(0.15)
+        ax.autoscale_view()
+        _label_points(ax, points, colours)
+        ax.set_xlabel("consistency (↑ better)", fontsize=8)
+        ax.set_ylabel("responsiveness (↑ better)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, linewidth=0.5)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle("Consistency (unchanged predictions) against responsiveness (changed predictions): "
+                 "mean and 95 % CI", fontsize=10)
+    fig.tight_layout()
+    _save(fig, output)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-image distributions, one figure per metric family
+# --------------------------------------------------------------------------------------------
+
+def metric_distributions(metrics_parquet: str | Path, output: str | Path, family: str) -> None:
+    """One metric family: a grid of small panels (one per metric of the family in the table), methods on
+    the y axis, per-image values on x, one box per condition (clean and each perturbation level)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
+    table = _read_table(metrics_parquet, ["dataset", "model", "method", "perturbation", "level", "metric", "value"])
+    family_metrics = [m for m in METRICS.names() if METRICS.get(m).meta.get("family") == family]
+    rows = table[table["metric"].isin(family_metrics)].copy()
+    conditions = sorted({_condition(p, v) for p, v in set(zip(table["perturbation"], table["level"]))},
+                        key=lambda c: (c != "clean", c))
+    metrics = [m for m in family_metrics if m in set(rows["metric"])]
+    if not metrics:
+        fig, ax = plt.subplots(figsize=(6, 1.5))
+        _note(ax, f"no {family} metric in {Path(metrics_parquet).name}")
+        _save(fig, output)
+        return
+    rows["condition"] = [_condition(p, v) for p, v in zip(rows["perturbation"], rows["level"])]
+    # With several models a method is shown per model (its values differ between models).
+    several = table[["dataset", "model"]].drop_duplicates().shape[0] > 1
+    rows["row"] = (rows["model"] + ": " + rows["method"]) if several else rows["method"]
+    order = sorted(set(rows["row"]))
+    palette = dict(zip(conditions, sns.color_palette("colorblind", len(conditions))))
+    ncols = min(4, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.5, (0.2 * len(order) * max(len(conditions), 2) / 2
+                                                                         + 0.9) * nrows), squeeze=False)
+    for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
+        sub = rows[rows["metric"] == metric]
+        sns.boxplot(data=sub, x="value", y="row", hue="condition", order=order,
+                    hue_order=[c for c in conditions if c in set(sub["condition"])], palette=palette, orient="h",
+                    ax=ax, fliersize=1, linewidth=0.6, legend=False, showmeans=True,
+                    # the mean as a small diamond: for 0/1 metrics (pointing game, flips) it is the rate
+                    meanprops={"marker": "D", "markersize": 2.5, "markerfacecolor": "white",
+                               "markeredgecolor": "black", "markeredgewidth": 0.5})
+        ax.set_title(f"{metric} ({_direction(metric)})", fontsize=8)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=6)
+        ax.grid(axis="x", alpha=0.3, linewidth=0.5)
+        if i % ncols:
+            ax.set_yticklabels([])
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    handles = [Patch(color=palette[c], label=c) for c in conditions]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(conditions), fontsize=8,
+               frameon=False, title=f"{family}: per-image values per method and condition",
+               title_fontproperties={"size": 10})
     _save(fig, output)

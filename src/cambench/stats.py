@@ -1,18 +1,72 @@
-"""Statistical tests on the tidy metric table (scipy / statsmodels; nothing hand-rolled)."""
+"""Statistical tests on the tidy metric table (scipy / statsmodels / scikit-posthocs; nothing hand-rolled).
+
+Every table has the columns ``STATS_COLUMNS`` (the Kruskal-Wallis table adds ``method``), one row per test:
+Friedman across methods, pairwise post-hoc tests (Wilcoxon signed-rank with Holm, Nemenyi), Kruskal-Wallis
+with Dunn pairs across (dataset, model) groups, and linear mixed models of method x severity.
+"""
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import logging
+import time
+import warnings
 
 import numpy as np
 import pandas as pd
+import scikit_posthocs
+import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
+from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
 from .utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 BLOCK_KEYS = ["dataset", "model", "perturbation", "level", "metric"]
 STATS_COLUMNS = BLOCK_KEYS + ["test", "groups", "statistic", "p", "p_adj", "effect_size", "effect_name",
                               "significant", "n", "k", "mean_ranks", "note"]
+KRUSKAL_COLUMNS = BLOCK_KEYS[:2] + ["method"] + BLOCK_KEYS[2:] + STATS_COLUMNS[len(BLOCK_KEYS):]
+POSTHOC_TESTS = ("wilcoxon", "nemenyi")
+STATS_OUTPUTS = ("friedman", "posthoc", "kruskal", "mixed_model")
+
+
+def _compared(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the metrics that differ between methods (compare=False ones, e.g. flip_rate, do not)."""
+    from .metrics import METRICS
+    compared = [m for m in table["metric"].unique() if m not in METRICS or METRICS.get(m).meta.get("compare", True)]
+    return table[table["metric"].isin(compared)]
+
+
+@contextlib.contextmanager
+def _gc_frozen():
+    """statsmodels' Holm (multipletests, also inside scikit-posthocs) calls gc.collect(), which scans every live
+    object: a quarter of a second per call next to a metric table. Frozen objects are skipped by the collector."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p over the finite entries (NaN stays NaN)."""
+    adjusted = pd.Series(np.nan, index=p.index)
+    ok = p.notna()
+    if ok.any():
+        with _gc_frozen():
+            adjusted[ok] = multipletests(p[ok].to_numpy(float), method="holm")[1]
+    return adjusted
+
+
+def _finish(rows: list[dict], columns: list[str], alpha: float) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=columns)
+    for col in ("statistic", "p", "p_adj", "effect_size"):
+        out[col] = out[col].astype(float)
+    out["significant"] = out["p_adj"] < alpha
+    return out
 
 
 def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
@@ -33,9 +87,7 @@ def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
 def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """One Friedman test per (dataset, model, perturbation, level, metric); Holm across the table."""
     rows = []
-    from .metrics import METRICS  # metrics with compare=False (e.g. flip_rate) do not depend on the method
-    compared = [m for m in table["metric"].unique() if m not in METRICS or METRICS.get(m).meta.get("compare", True)]
-    table = table[table["metric"].isin(compared)]
+    table = _compared(table)
     for key, group in table.groupby(BLOCK_KEYS, sort=True):
         wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
         methods = list(wide.columns)
@@ -59,8 +111,264 @@ def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     return out[STATS_COLUMNS]
 
 
-def run_statistics(metrics_parquet: str, output_csv: str, alpha: float = 0.05) -> pd.DataFrame:
-    result = friedman_table(pd.read_parquet(metrics_parquet), alpha)
-    with atomic_path(output_csv) as tmp:
-        result.to_csv(tmp, index=False, float_format="%.6g")
-    return result
+# ---------------------------------------------------------------------------------------------- post-hoc pairs
+
+def rank_biserial(differences: np.ndarray) -> np.ndarray:
+    """Matched-pairs rank-biserial correlation (R+ - R-) / (R+ + R-) per column of paired differences.
+
+    Ranks of |d| over the non-zero differences (zeros dropped, as in Wilcoxon's zero method); +1 when every
+    difference is positive, -1 when every one is negative, NaN when all are zero.
+    """
+    d = np.asarray(differences, dtype=float)
+    d = d[:, None] if d.ndim == 1 else d
+    ranks = stats.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=0, nan_policy="omit")
+    r_plus = np.where(d > 0, ranks, 0.0).sum(axis=0)
+    r_minus = np.where(d < 0, ranks, 0.0).sum(axis=0)
+    total = r_plus + r_minus
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (r_plus - r_minus) / total, np.nan)
+
+
+def paired_wilcoxon(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's two-sided Wilcoxon signed-rank test on each column of paired differences (n, pairs).
+
+    Returns (statistic, p); NaN for columns whose differences are all zero. scipy's ``method='auto'`` picks
+    the exact or the normal-approximation p once per call (normal if any column has ties or zeros), so tied
+    and tie-free columns go in separate calls: each column gets what a one-column call would give.
+    """
+    d = np.asarray(differences, dtype=float)
+    statistic = np.full(d.shape[1], np.nan)
+    p = np.full(d.shape[1], np.nan)
+    all_zero = np.all(d == 0, axis=0)
+    sorted_abs = np.sort(np.abs(d), axis=0)
+    tied = np.any(d == 0, axis=0) | np.any(sorted_abs[1:] == sorted_abs[:-1], axis=0)
+    for chosen in (tied & ~all_zero, ~tied & ~all_zero):
+        if chosen.any():
+            result = stats.wilcoxon(d[:, chosen], axis=0)
+            statistic[chosen], p[chosen] = result.statistic, result.pvalue
+    return statistic, p
+
+
+def _method_blocks(table: pd.DataFrame):
+    """(block key, wide frame images x methods of complete cases) per block of the compared metrics."""
+    for key, group in _compared(table).groupby(BLOCK_KEYS, sort=True):
+        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
+        yield key, wide[sorted(wide.columns)]
+
+
+def posthoc_table(table: pd.DataFrame, alpha: float = 0.05, tests=POSTHOC_TESTS) -> pd.DataFrame:
+    """Pairwise comparisons of methods per (dataset, model, perturbation, level, metric), images as blocks.
+
+    ``wilcoxon``: scipy's signed-rank test per pair, Holm within each block's family of pairs, effect size the
+    matched-pairs rank-biserial correlation (positive when the first method of ``groups`` has larger values).
+    ``nemenyi``: scikit-posthocs' Nemenyi test after Friedman (p already family-wise, so p_adj = p), statistic
+    the studentized range q, effect size the first method's mean rank minus the second's (rank 1 = lowest).
+    ``groups`` is "a,b" with a < b; ``k`` is the number of methods in the block.
+    """
+    tests = (tests,) if isinstance(tests, str) else tuple(tests)
+    unknown = [t for t in tests if t not in POSTHOC_TESTS]
+    if unknown or not tests:
+        raise ValueError(f"tests: expected a non-empty subset of {list(POSTHOC_TESTS)}, got {list(tests)}")
+    rows = []
+    for key, wide in _method_blocks(table):
+        methods = list(wide.columns)
+        n, k = wide.shape
+        base = dict(zip(BLOCK_KEYS, key), n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan,
+                    p_adj=np.nan, effect_size=np.nan)
+        if k < 2 or n < 2:
+            rows += [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
+                          effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
+                     for test in tests]
+            continue
+        first, second = np.triu_indices(k, 1)
+        pairs = [f"{methods[i]},{methods[j]}" for i, j in zip(first, second)]
+        values = wide.to_numpy(dtype=float)
+        if "wilcoxon" in tests:
+            differences = values[:, first] - values[:, second]
+            statistic, p = paired_wilcoxon(differences)
+            p_adj = _holm(pd.Series(p)).to_numpy()
+            effect = rank_biserial(differences)
+            for i, pair in enumerate(pairs):
+                note = "all paired differences are zero: no test" if np.isnan(p[i]) else ""
+                rows.append(dict(base, test="wilcoxon", groups=pair, statistic=statistic[i], p=p[i], p_adj=p_adj[i],
+                                 effect_size=effect[i], effect_name="rank_biserial", note=note))
+        if "nemenyi" in tests:
+            p_matrix = scikit_posthocs.posthoc_nemenyi_friedman(wide).loc[methods, methods].to_numpy()
+            mean_ranks = stats.rankdata(values, axis=1).mean(axis=0)
+            rank_difference = mean_ranks[first] - mean_ranks[second]
+            # the studentized range statistic whose upper tail (k groups, infinite df) is Nemenyi's p
+            q = np.sqrt(2.0) * np.abs(rank_difference) / np.sqrt(k * (k + 1) / (6.0 * n))
+            for i, (a, b) in enumerate(zip(first, second)):
+                p = float(p_matrix[a, b])
+                rows.append(dict(base, test="nemenyi", groups=pairs[i], statistic=q[i], p=p, p_adj=p,
+                                 effect_size=rank_difference[i], effect_name="mean_rank_difference",
+                                 mean_ranks=json.dumps({methods[a]: round(float(mean_ranks[a]), 4),
+                                                        methods[b]: round(float(mean_ranks[b]), 4)})))
+    return _finish(rows, STATS_COLUMNS, alpha)
+
+
+# ------------------------------------------------------------------------------- independent groups: Kruskal
+
+def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:
+    """Cliff's delta P(X > Y) - P(X < Y) from scipy's Mann-Whitney U of x: 2 U / (n_x n_y) - 1."""
+    u = stats.mannwhitneyu(x, y, alternative="two-sided").statistic
+    return float(2.0 * u / (len(x) * len(y)) - 1.0)
+
+
+def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Kruskal-Wallis across the (dataset, model) groups, per (method, perturbation, level, metric).
+
+    A method's values on the images of each (dataset, model) are one independent sample; keys present in
+    fewer than 2 groups are skipped. Effect size epsilon-squared H / (n - 1); Holm across the kruskal rows.
+    Then Dunn's pairs (scikit-posthocs, Holm within the family: ``p`` unadjusted, ``p_adj`` adjusted),
+    statistic |z| recovered from Dunn's two-sided p, effect size Cliff's delta (positive when the first group
+    of ``groups`` has larger values). ``dataset`` and ``model`` hold "*"; ``groups`` names "dataset/model".
+    """
+    table = _compared(table).dropna(subset=["value"])
+    table = table.assign(group=table["dataset"].astype(str) + "/" + table["model"].astype(str))
+    rows = []
+    for (method, perturbation, level, metric), frame in table.groupby(["method", "perturbation", "level", "metric"],
+                                                                      sort=True):
+        names = sorted(frame["group"].unique())
+        if len(names) < 2:
+            continue
+        samples = {name: frame.loc[frame["group"] == name, "value"].to_numpy(float) for name in names}
+        n, k = len(frame), len(names)
+        base = dict(dataset="*", model="*", method=method, perturbation=perturbation, level=level, metric=metric,
+                    n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan, p_adj=np.nan, effect_size=np.nan)
+        kruskal = dict(base, test="kruskal", groups=",".join(names), effect_name="epsilon_squared")
+        ranks = stats.rankdata(frame["value"].to_numpy(float))
+        kruskal["mean_ranks"] = json.dumps({name: round(float(ranks[(frame["group"] == name).to_numpy()].mean()), 4)
+                                            for name in names})
+        identical = np.all(frame["value"].to_numpy() == frame["value"].iloc[0])
+        if identical:
+            kruskal["note"] = "all values identical: no test"
+        else:
+            h, p = stats.kruskal(*samples.values())
+            kruskal.update(statistic=h, p=p, effect_size=h / (n - 1))
+        rows.append(kruskal)
+        long = frame[["group", "value"]]
+        p_raw = p_holm = None
+        if not identical:
+            p_raw = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group").loc[names, names]
+            with _gc_frozen():
+                p_holm = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group",
+                                                      p_adjust="holm").loc[names, names]
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                pair = dict(base, test="dunn", groups=f"{a},{b}", n=len(samples[a]) + len(samples[b]),
+                            effect_name="cliffs_delta", effect_size=cliffs_delta(samples[a], samples[b]))
+                if identical:
+                    pair["note"] = "all values identical: no test"
+                else:
+                    p = float(p_raw.loc[a, b])
+                    pair.update(p=p, p_adj=float(p_holm.loc[a, b]), statistic=float(stats.norm.isf(p / 2)))
+                rows.append(pair)
+    out = _finish(rows, KRUSKAL_COLUMNS, alpha)
+    is_kruskal = out["test"] == "kruskal"
+    out.loc[is_kruskal, "p_adj"] = _holm(out.loc[is_kruskal, "p"])
+    out["significant"] = out["p_adj"] < alpha
+    return out
+
+
+# ---------------------------------------------------------------------------------- mixed model over severity
+
+def _mixed_model_rows(data: pd.DataFrame, base: dict) -> list[dict]:
+    """Fit value ~ C(method) * severity with a random intercept per image; one row per fixed-effect term."""
+    methods = sorted(data["method"].unique())
+    severities = np.unique(data["severity"])
+    base = dict(base, test="mixedlm", n=len(data), k=len(methods), mean_ranks="", statistic=np.nan, p=np.nan,
+                p_adj=np.nan, effect_size=np.nan, effect_name="coefficient")
+
+    def failed(reason: str) -> list[dict]:
+        return [dict(base, groups="", note=reason)]
+
+    if len(severities) < 2:
+        return failed(f"needs >= 2 distinct severities, has {severities.tolist()}: no fit")
+    if len(methods) < 2:
+        return failed(f"needs >= 2 methods, has {methods}: no fit")
+    if data["image_id"].nunique() < 2:
+        return failed("needs >= 2 images (random-intercept groups): no fit")
+    # C(method) takes the first method in sorted order as its reference level (treatment coding)
+    model = smf.mixedlm("value ~ C(method) * severity", data, groups=data["image_id"])
+    if np.linalg.matrix_rank(model.exog) < model.exog.shape[1]:
+        return failed("singular fixed-effect design (a method lacks some severity?): no fit")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            fit = model.fit(reml=True)
+        except (np.linalg.LinAlgError, ValueError) as err:
+            return failed(f"fit failed: {err}")
+    messages = sorted({str(w.message).split("\n")[0] for w in caught if issubclass(w.category, ConvergenceWarning)})
+    if not fit.converged:
+        return failed("did not converge: " + "; ".join(messages) if messages else "did not converge")
+    note = f"reference method {methods[0]}; severities {severities.tolist()}"
+    if messages:
+        note += "; " + "; ".join(messages)
+    return [dict(base, groups=term, statistic=float(fit.tvalues[term]), p=float(fit.pvalues[term]),
+                 effect_size=float(fit.fe_params[term]), note=note) for term in fit.fe_params.index]
+
+
+def mixed_model_table(table: pd.DataFrame, metrics=None, alpha: float = 0.05) -> pd.DataFrame:
+    """Linear mixed model per (dataset, model, perturbation kind, metric): value ~ C(method) * severity.
+
+    statsmodels MixedLM, random intercept per image (groups = image_id), fitted on the clean rows (severity 0)
+    plus the kind's levels (severity = level). One row per fixed-effect term: statistic z, effect_size the
+    coefficient; Holm over all rows. ``level`` is NaN (the fit spans the levels, listed in ``note``).
+    ``metrics=None``: every compared metric. A fit that cannot run gives one row with the reason in ``note``.
+    """
+    table = _compared(table).dropna(subset=["value"])
+    if metrics is not None:
+        from .metrics import METRICS
+        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+        unknown = [m for m in metrics if m not in METRICS and m not in set(table["metric"])]
+        if unknown:
+            raise ValueError(f"metrics: expected registered metric names, got unknown {unknown}")
+        table = table[table["metric"].isin(metrics)]
+    rows = []
+    clean_mask = table["perturbation"] == "none"
+    kinds = sorted(table.loc[~clean_mask, "perturbation"].unique())
+    for (dataset, model, metric), frame in table.groupby(["dataset", "model", "metric"], sort=True):
+        clean = frame[frame["perturbation"] == "none"].assign(severity=0.0)
+        for kind in kinds:
+            perturbed = frame[frame["perturbation"] == kind]
+            if perturbed.empty and clean.empty:
+                continue
+            data = pd.concat([clean, perturbed.assign(severity=perturbed["level"].astype(float))], ignore_index=True)
+            base = dict(dataset=dataset, model=model, perturbation=kind, level=np.nan, metric=metric)
+            started = time.perf_counter()
+            rows += _mixed_model_rows(data[["image_id", "method", "severity", "value"]], base)
+            log.debug("mixedlm %s/%s %s %s: %.2f s", dataset, model, kind, metric, time.perf_counter() - started)
+    out = _finish(rows, STATS_COLUMNS, alpha)
+    out["p_adj"] = _holm(out["p"])
+    out["significant"] = out["p_adj"] < alpha
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the rule
+
+def run_statistics(metrics_parquet: str, outputs: dict[str, str], alpha: float = 0.05,
+                   mixed_model_metrics=None) -> dict[str, pd.DataFrame]:
+    """Write friedman, posthoc, kruskal and mixed_model tables (CSV) from the tidy metric table.
+
+    ``outputs`` maps each of ``STATS_OUTPUTS`` to its CSV path; ``mixed_model_metrics`` (None = every compared
+    metric) limits the mixed models, the slow part.
+    """
+    missing = [name for name in STATS_OUTPUTS if name not in outputs]
+    if missing:
+        raise ValueError(f"outputs: expected paths for {list(STATS_OUTPUTS)}, missing {missing}")
+    table = pd.read_parquet(metrics_parquet)
+    build = {"friedman": lambda: friedman_table(table, alpha),
+             "posthoc": lambda: posthoc_table(table, alpha),
+             "kruskal": lambda: kruskal_table(table, alpha),
+             "mixed_model": lambda: mixed_model_table(table, mixed_model_metrics, alpha)}
+    results = {}
+    for name in STATS_OUTPUTS:
+        started = time.perf_counter()
+        results[name] = build[name]()
+        with atomic_path(outputs[name]) as tmp:
+            results[name].to_csv(tmp, index=False, float_format="%.6g")
+        log.info("%s: %d rows in %.2f s -> %s", name, len(results[name]), time.perf_counter() - started,
+                 outputs[name])
+    return results

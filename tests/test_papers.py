@@ -1,0 +1,118 @@
+"""The paper-figure tables: model selection by domain, our values beside the papers' numbers."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cambench.papers import PAPER_COLUMNS, PAPERS, paper_models, paper_table
+
+MODELS = {"cnn": {"dataset": "shapes"}, "fake": {"dataset": "cifake"}, "mri": {"dataset": "brats"}}
+FORMATS = {"shapes": "imagefolder", "cifake": "cifake", "brats": "brats"}
+METHODS = {"cnn": ["gradcam", "gradcampp", "finer", "finercam"], "fake": ["gradcam"], "mri": ["amecam", "gradcam"]}
+
+
+def test_models_are_chosen_by_domain_and_methods():
+    assert paper_models("bird2023_cifake", MODELS, FORMATS, METHODS) == ["fake"]
+    assert paper_models("chen2023_amecam", MODELS, FORMATS, METHODS) == ["mri"]
+    assert paper_models("mishra2022_street", MODELS, FORMATS, METHODS) == []  # no street model: left out
+    assert paper_models("fu2020_xgradcam", MODELS, FORMATS, METHODS) == ["cnn", "fake", "mri"]
+    assert paper_models("fu2020_xgradcam", MODELS, FORMATS, {"cnn": ["eigencam"]}) == []
+    assert paper_models("bird2023_cifake", MODELS, FORMATS, METHODS, chosen=["cnn"]) == ["cnn"]
+    with pytest.raises(ValueError, match="papers.models.bird2023_cifake: unknown model"):
+        paper_models("bird2023_cifake", MODELS, FORMATS, METHODS, chosen=["nope"])
+
+
+def _table(rng, methods=("gradcam", "gradcampp"), n=40):
+    rows = []
+    for m_i, method in enumerate(methods):
+        for i in range(n):
+            label = i % 2
+            prediction = label if i % 10 else 1 - label          # 90 % correct
+            box = 0.8 if (i % 4) or m_i else 0.2                 # gradcam: 3/4 boxes hit
+            for metric, value in (("box_iou", box), ("pointing_game", float(i % 5 != 0)),
+                                  ("dice", 0.5 + 0.1 * m_i + 0.01 * (i % 3))):
+                rows.append(dict(dataset="shapes", model="cnn", method=method, perturbation="none", level=0.0,
+                                 image_id=f"i{i}", label=label, target=prediction, prediction=prediction,
+                                 clean_prediction=prediction, metric=metric, value=value, score="prob",
+                                 params=json.dumps({"threshold": "frac"})))
+    return pd.DataFrame(rows)
+
+
+def _summary(table):
+    g = table.groupby(["dataset", "model", "method", "perturbation", "level", "metric"])["value"]
+    s = g.agg(["mean", "size"]).reset_index().rename(columns={"size": "n"})
+    s["ci_low"], s["ci_high"] = s["mean"] - 0.1, s["mean"] + 0.1
+    return s
+
+
+def test_gradcam_localisation_error_from_boxes_and_classes():
+    table = _table(np.random.default_rng(0))
+    out = paper_table("selvaraju2017_gradcam", summary=_summary(table), table=table, stats_tables={},
+                      models=["cnn"], methods_config={}, n_boot=200)
+    assert list(out.columns) == PAPER_COLUMNS
+    ours = out[out.source == "cambench"].set_index(["method", "quantity"])["value"]
+    # gradcam: located = correct (36/40) and box hit (30/40); misses overlap where i % 4 == 0 and i % 10 == 0
+    correct = np.array([i % 10 != 0 for i in range(40)])
+    hit = np.array([i % 4 != 0 for i in range(40)])
+    assert ours[("gradcam", "localisation_error_top1")] == pytest.approx(100 * (1 - (correct & hit).mean()))
+    assert ours[("gradcampp", "localisation_error_top1")] == pytest.approx(100 * (1 - correct.mean()))
+    assert ours[("gradcam", "classification_error_top1")] == pytest.approx(10.0)
+    assert ours[("gradcam", "pointing_game")] == pytest.approx(0.8)
+    paper = out[out.source == "paper"]
+    assert paper.set_index(["model", "quantity"]).loc[("VGG-16", "localisation_error_top1"), "value"] == 56.51
+    assert len(paper) == 12 and paper["tag"].str.contains("reproduction").all()
+
+
+def test_amecam_reports_mean_and_std():
+    table = _table(np.random.default_rng(0), methods=("amecam", "gradcam"))
+    out = paper_table("chen2023_amecam", summary=_summary(table), table=table, stats_tables={}, models=["cnn"],
+                      methods_config={})
+    row = out[(out.source == "cambench") & (out.method == "amecam")].iloc[0]
+    values = table[(table.method == "amecam") & (table.metric == "dice")]["value"]
+    assert row.value == pytest.approx(values.mean()) and row.ci_high - row.value == pytest.approx(values.std(ddof=0))
+    assert "std" in row.note and (out.source == "paper").sum() == 1
+
+
+def test_finer_pairs_select_the_base_comparison():
+    table = _table(np.random.default_rng(0), methods=("gradcam", "finer", "gradcampp"))
+    table.loc[table.metric == "dice", "metric"] = "relative_drop"
+    posthoc = pd.DataFrame([
+        dict(dataset="shapes", model="cnn", perturbation="none", level=0.0, metric="relative_drop", test="wilcoxon",
+             groups=g, statistic=1.0, p=0.01, p_adj=0.02, effect_size=0.5, effect_name="rank_biserial", n=40)
+        for g in ("finer,gradcam", "gradcam,gradcampp")])
+    out = paper_table("zhang2025_finercam", summary=_summary(table), table=table, stats_tables={"posthoc": posthoc},
+                      models=["cnn"], methods_config={"finer": {"method": "finercam", "base": "gradcam"},
+                                                      "gradcam": {}, "gradcampp": {}})
+    ours = out[out.tag == "ours"]
+    assert set(ours.method) == {"finer", "gradcam"}  # Finer-CAM and its base, not the other methods
+    tests = out[out.tag == "ours (test)"]
+    assert tests["method"].tolist() == ["finer,gradcam"] and "Holm p = 0.02" in tests["note"].iloc[0]
+
+
+def test_metacam_ensemble_sizes_and_cre():
+    ens = pd.DataFrame([dict(dataset="shapes", model="cnn", kind="subset", subset=s, size=len(s.split("+")), value=v)
+                        for s, v in (("a", 0.1), ("b", 0.3), ("a+b", 0.4))]
+                       + [dict(dataset="shapes", model="cnn", kind="cre", subset="a", size=np.nan, value=-0.2)])
+    table = _table(np.random.default_rng(0))
+    table.loc[table.metric == "dice", "metric"] = "road_combined"
+    out = paper_table("kaczmarek2023_metacam", summary=_summary(table), table=table, stats_tables={},
+                      models=["cnn"], methods_config={}, ensembles={"cnn": ens})
+    sizes = out[out.quantity.str.endswith("over_subsets")].set_index(["method", "quantity"])["value"]
+    assert sizes[("metacam, 1 components", "road_combined_max_over_subsets")] == 0.3
+    assert sizes[("metacam, 2 components", "road_combined_mean_over_subsets")] == 0.4
+    assert out[out.quantity == "cumulative_residual_effect"]["value"].tolist() == [-0.2]
+    assert set(out[out.source == "paper"]["value"]) == {0.393, -0.101, 0.172}
+
+
+def test_a_paper_without_our_values_is_an_error():
+    table = _table(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="mishra2022_street"):
+        paper_table("mishra2022_street", summary=_summary(table), table=table, stats_tables={}, models=["cnn"],
+                    methods_config={})
+
+
+def test_every_paper_has_reference_rows_and_a_domain_rule():
+    for key, paper in PAPERS.items():
+        assert paper.reference, key
+        assert all("tag" in r for r in paper.reference), key
