@@ -13,7 +13,9 @@ rule train_model:
         eval_split=config["cam"]["split"],
         seed=config["seed"],
         device=config["device"],
-    threads: 4
+    # Small CNNs scale poorly past a few threads: on 2 cores two single-thread trainings side by
+    # side beat two 2-thread trainings in turn (BENCHMARKS.md).
+    threads: max(1, min(4, workflow.cores // 2))
     log:
         "results/logs/train_model/{dataset}/{model}.log",
     benchmark:
