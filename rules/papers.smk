@@ -1,6 +1,6 @@
 # The seed papers' figure and table types (target paper_figures), from this run's tables.
 #   snakemake --cores all paper_figures                                  (default config: shapes)
-#   snakemake --cores all --configfile config/domains.yaml paper_figures (every domain's stand-in)
+#   snakemake --cores all paper_figures --configfile config/domains.yaml (every domain's stand-in)
 
 
 rule paper_tables:

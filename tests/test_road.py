@@ -222,3 +222,22 @@ def test_the_three_road_metrics_share_one_imputation_through_the_cache(monkeypat
     for m in alone:
         assert torch.allclose(alone[m], shared[m], atol=1e-6), m
     assert torch.allclose(shared["road_combined"], (shared["road_lerf"] - shared["road_morf"]) / 2, atol=1e-6)
+
+
+def test_the_cache_never_serves_another_methods_maps():
+    """Regression: the workflow frees each method's maps before loading the next, so the next tensor
+    can get the same id(); the ROAD cache must recompute for it (it once served the previous
+    method's values, which made Grad-CAM differ from the identical CAM)."""
+    torch.manual_seed(0)
+    net = GapNet(n_classes=3, width=4).eval()
+    images = torch.rand(4, 3, 16, 16)
+    stored = [torch.rand(4, 16, 16), torch.rand(4, 16, 16), torch.rand(4, 16, 16)]
+    expected = [cambench.evaluate(net, images, m, "road_combined", percentiles=[30, 70]) for m in stored]
+    cache, ids = {}, []
+    for maps, want in zip(stored, expected):
+        heat = maps.clone()  # a fresh tensor per method, freed at the end of the iteration
+        ids.append(id(heat))
+        got = cambench.evaluate(net, images, heat, "road_combined", percentiles=[30, 70], cache=cache)
+        assert torch.allclose(got, want, atol=1e-6)
+        del heat, got
+    assert len(cache) == 1  # one entry, replaced per method (memory stays bounded)

@@ -121,6 +121,17 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
     assert json.loads(tiny[tiny.metric == "pointing_game"].params.iloc[0]) == {"tolerance_px": 2}
 
 
+def test_identical_maps_get_identical_metric_values(workdir):
+    """Behind tiny_cnn's GAP + linear head Grad-CAM and XGrad-CAM give the same maps (methods.md §6.1),
+    so every map-driven metric must agree per image (a cache keyed by id() once broke this for ROAD)."""
+    table = pd.read_parquet(workdir / "results/metrics.parquet")
+    table = table[(table.model == "tiny_cnn") & table.metric.isin(
+        ["road_morf", "road_lerf", "road_combined", "deletion_auc", "insertion_auc", "average_drop"])]
+    wide = table.pivot_table(index=["perturbation", "level", "metric", "image_id"], columns="method", values="value")
+    assert len(wide) > 0
+    np.testing.assert_allclose(wide["gradcam"], wide["xgradcam"], atol=2e-3)
+
+
 def test_heatmap_file_layout_and_provenance(workdir):
     with h5py.File(workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5") as f:
         assert sorted(f["heatmaps"]) == sorted(TINY["cam"]["methods"])
@@ -185,7 +196,7 @@ def test_report_opens_in_chromium_without_errors(workdir):
         page.wait_for_load_state("networkidle")
         assert "cambench compared the CAM methods" in page.inner_text("body")
         for category, entry in [("Statistical tests", "Tables: across methods"), ("Heatmaps", "tiny_cnn"),
-                                ("Tables", "metrics"), ("Robustness", "Severity curves"),
+                                ("Tables", "metric summary (means, 95 % CIs)"), ("Robustness", "Severity curves"),
                                 ("Provenance", "lineage of every output")]:
             open_category(category)
             assert entry in page.inner_text("body"), category

@@ -384,12 +384,15 @@ _DOC_PARAMS = """
 def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) -> tuple[Tensor, Tensor]:
     # Both orders are imputed and scored once per (heatmaps, parameters) and shared by road_morf,
     # road_lerf and road_combined through the table's cache (the workflow computes all three).
-    key = ("road", id(x.heatmaps), repr(sorted(params.items())))
+    # The entry keeps the heatmaps it was computed from and is reused only for that very tensor:
+    # an id() alone can be reused by the next method's maps once the previous ones are freed.
+    key = ("road", repr(sorted(params.items())))
     cache = x.cache if x.cache is not None else {}
-    if key not in cache:
+    entry = cache.get(key)
+    if entry is None or entry[0] is not x.heatmaps:
         scores, defined = road_scores(x, ORDERS, metric=metric, **params)
-        cache[key] = (scores.mean(dim=2), defined)  # (N, [morf, lerf])
-    mean, defined = cache[key]
+        entry = cache[key] = (x.heatmaps, scores.mean(dim=2), defined)  # (N, [morf, lerf])
+    _, mean, defined = entry
     if orders == ("morf",) or orders == ("lerf",):
         step = chunk_size(x.images[0].numel() * x.images.element_size() * ROAD_MEMORY_FACTOR, x.memory_mb)
         original = torch.cat([model_scores(x.model, x.images[i:i + step], x.targets[i:i + step], params["score"])
