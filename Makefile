@@ -4,16 +4,24 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup run papers domains test lint bench clean
+.PHONY: setup setup-test run papers domains test lint bench clean
 
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
+# The run needs only the runtime requirements; the tests add their oracles (grad-cam, captum, ...).
+$(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-test.txt -e .
+	$(PY) -m pip install --quiet -r requirements.txt -e .
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 setup: $(STAMP)
+
+setup-test: $(TEST_STAMP)
 
 run: setup
 	$(VENV)/bin/snakemake --cores all
@@ -29,10 +37,10 @@ domains: setup
 	$(VENV)/bin/snakemake --cores all all paper_figures --configfile config/domains.yaml
 	$(VENV)/bin/snakemake all paper_figures --configfile config/domains.yaml --report results/report.html
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/snakemake --lint
 
 bench: setup
