@@ -340,6 +340,10 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
     if need_sweep and not kinds:
         raise ConfigError(f"config key 'metrics.compute': {need_sweep} need a perturbation sweep, "
                           f"but 'perturbations' is empty")
+    bad = [m for m in (config.get("stats") or {}).get("mixed_model_metrics") or [] if m not in METRICS]
+    if bad:
+        raise ConfigError(f"config key 'stats.mixed_model_metrics': unknown metric(s) {bad}; "
+                          f"registered: {', '.join(METRICS.names())}")
     _check_papers(config)
 
 
@@ -361,7 +365,3 @@ def _check_papers(config: dict) -> None:
     if bad:
         raise ConfigError(f"config key 'papers.metacam.components': unknown method(s) {bad}; "
                           f"registered: {', '.join(METHODS.names())}")
-    for key in ("mixed_model_metrics",):
-        bad = [m for m in (config.get("stats") or {}).get(key) or [] if m not in METRICS]
-        if bad:
-            raise ConfigError(f"config key 'stats.{key}': unknown metric(s) {bad}; registered: {', '.join(METRICS.names())}")

@@ -9,9 +9,7 @@ every cambench row says which data set it is from.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -350,8 +348,6 @@ def metacam_ensembles(dataset_path, model_path, output, *, components: list[str]
     rows += [{"dataset": dataset, "model": model, "kind": "cre", "subset": m, "size": np.nan, "value": v}
              for m, v in cre.items()]
     out = pd.DataFrame(rows)
-    out.attrs = {"params": json.dumps({"components": components, "k": k, "consensus": consensus,
-                                       "metric_params": metric_params, "images": int(x.shape[0])})}
     with atomic_path(output) as tmp:
         out.to_csv(tmp, index=False, float_format="%.6g")
     return out
