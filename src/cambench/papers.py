@@ -360,7 +360,7 @@ def cifake_figure(dataset_path, heatmaps_path, output, *, split: str, method: st
     import matplotlib.pyplot as plt
 
     from .data import read_dataset
-    from .plots import _save
+    from .plots import _save, show_image
     from .store import read_heatmaps
 
     ds = read_dataset(dataset_path, split)
@@ -382,11 +382,9 @@ def cifake_figure(dataset_path, heatmaps_path, output, *, split: str, method: st
                 bottom.axis("off")
                 continue
             i = picked[j]
-            img = ds.images[i].transpose(1, 2, 0)
-            img = img if img.shape[-1] == 3 else img[..., 0]
-            top.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            show_image(top, ds.images[i], interpolation="nearest")
             top.set_title(f"{ds.class_names[c]} → {ds.class_names[hm.predictions[i]]}", fontsize=7)
-            bottom.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            show_image(bottom, ds.images[i], interpolation="nearest")
             bottom.imshow(hm.maps[method][i], cmap="jet", alpha=0.5, vmin=0, vmax=1)
             if ds.masks is not None and ds.masks[i].any():
                 bottom.contour(ds.masks[i], levels=[0.5], colors="white", linewidths=0.7)

@@ -47,6 +47,13 @@ def _save(fig, output) -> None:
     plt.close(fig)
 
 
+def show_image(ax, image: np.ndarray, **kwargs) -> None:
+    """Draw a (C, H, W) image: RGB as is, otherwise grey (the first of several modalities)."""
+    img = image.transpose(1, 2, 0)
+    img = img if img.shape[-1] == 3 else img[..., 0]
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, **kwargs)
+
+
 def _display_slice(mask: np.ndarray | None, first_map: np.ndarray) -> int:
     """Axial slice shown for a volume: the one with the most ground truth, else the first map's peak."""
     if mask is not None and mask.any():
@@ -70,10 +77,8 @@ def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: s
         mask = ds.masks[i] if ds.masks is not None else None
         z = _display_slice(mask, hm.maps[methods[0]][i]) if volume and methods else None
         image = ds.images[i][:, z] if volume else ds.images[i]
-        img = image.transpose(1, 2, 0)
-        img = img if img.shape[-1] == 3 else img[..., 0]  # grey, or the first of several modalities
         ax = axes[r, 0]
-        ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+        show_image(ax, image)
         if mask is not None:
             shown = mask[z] if volume else mask
             if shown.any():
@@ -83,7 +88,7 @@ def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: s
         for c, m in enumerate(methods, start=1):
             ax = axes[r, c]
             heat = hm.maps[m][i]
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
+            show_image(ax, image)
             ax.imshow(heat[z] if volume else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
             peak = peak_coordinates(torch.from_numpy(heat[None]).float())[0].tolist()
             on_slice = not volume or peak[0] == z
