@@ -117,21 +117,46 @@ def read_dataset(path: str | Path, split: str | None = None) -> Dataset:
         missing = [k for k in ("images", "labels", "ids", "keys", "split") if k not in f]
         if missing:
             raise ValueError(f"{path}: not a cambench dataset file, missing {missing}")
-        splits = f["split"].asstr()[:]
-        sel = np.flatnonzero(splits == split) if split is not None else np.arange(len(splits))
-        if split is not None and sel.size == 0:
-            raise ValueError(f"{path}: no images in split '{split}'; splits present: {sorted(set(splits))}")
-        return Dataset(
-            images=f["images"][sel] if sel.size else f["images"][:0],
-            labels=f["labels"][sel],
-            ids=f["ids"].asstr()[sel],
-            keys=f["keys"][sel],
-            masks=f["masks"][sel] if "masks" in f else None,
-            mask_known=f["mask_known"][sel] if "mask_known" in f else None,
-            meta={k: (v.asstr()[sel] if h5py.check_string_dtype(v.dtype) else v[sel])
-                  for k, v in f["meta"].items()} if "meta" in f else {},
-            class_names=json.loads(f.attrs["class_names"]),
-            mean=[float(v) for v in f.attrs["mean"]],
-            std=[float(v) for v in f.attrs["std"]],
-            path=str(path),
-        )
+        absent = [k for k in ("class_names", "mean", "std") if k not in f.attrs]
+        if absent:
+            raise ValueError(f"{path}: not a cambench dataset file, attribute(s) {absent} missing")
+        try:
+            return _read(f, path, split)
+        except OSError as err:  # a damaged chunk or a dataset cut short
+            raise ValueError(f"{path}: cannot read the dataset file ({err}) (expected an intact dataset HDF5; "
+                             f"prepare it again)") from None
+
+
+def _read(f: h5py.File, path: Path, split: str | None) -> Dataset:
+    n = len(f["labels"])
+    per_item = [k for k in ("images", "ids", "keys", "split", "source", "sha256", "masks", "mask_known") if k in f]
+    per_item += [f"meta/{k}" for k in f["meta"]] if "meta" in f else []
+    for key in per_item:
+        if len(f[key]) != n:
+            raise ValueError(f"{path}: '{key}' has {len(f[key])} entries but 'labels' has {n} "
+                             f"(expected one per item)")
+    class_names = json.loads(f.attrs["class_names"])
+    labels = f["labels"][:]
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if bad.size:
+        raise ValueError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is out of range "
+                         f"0..{len(class_names) - 1} (expected a class index into the {len(class_names)} "
+                         f"class_names {class_names})")
+    splits = f["split"].asstr()[:]
+    sel = np.flatnonzero(splits == split) if split is not None else np.arange(len(splits))
+    if split is not None and sel.size == 0:
+        raise ValueError(f"{path}: no images in split '{split}'; splits present: {sorted(set(splits))}")
+    return Dataset(
+        images=f["images"][sel] if sel.size else f["images"][:0],
+        labels=labels[sel],
+        ids=f["ids"].asstr()[sel],
+        keys=f["keys"][sel],
+        masks=f["masks"][sel] if "masks" in f else None,
+        mask_known=f["mask_known"][sel] if "mask_known" in f else None,
+        meta={k: (v.asstr()[sel] if h5py.check_string_dtype(v.dtype) else v[sel])
+              for k, v in f["meta"].items()} if "meta" in f else {},
+        class_names=class_names,
+        mean=[float(v) for v in f.attrs["mean"]],
+        std=[float(v) for v in f.attrs["std"]],
+        path=str(path),
+    )

@@ -161,7 +161,8 @@ def load_image(path: Path, mode: str) -> np.ndarray:
             im.load()
             return np.asarray(im.convert(mode))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: cannot decode image ({err})") from None
+        raise DataError(f"{path}: cannot decode image ({err}) (expected a complete image file that PIL reads, "
+                        f"e.g. PNG or JPEG)") from None
 
 
 def to_chw(arr: np.ndarray) -> np.ndarray:

@@ -100,13 +100,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         lines = [ln for ln in str(err).splitlines() if ln.strip()]
         reason = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler" in ln),
                       lines[0] if lines else type(err).__name__)
-        raise ValueError(f"{path}: cannot load checkpoint with weights_only=True: {reason.strip()}") from None
+        raise ValueError(f"{path}: cannot load checkpoint with weights_only=True: {reason.strip()} "
+                         f"(expected a complete file written by save_checkpoint)") from None
     if not isinstance(payload, dict) or payload.get("format") != "cambench-checkpoint-1":
         raise ValueError(f"{path}: not a cambench checkpoint (expected a dict with format 'cambench-checkpoint-1')")
-    model = build_model(payload["architecture"], **payload["params"])
-    result = model.load_state_dict(payload["state_dict"], strict=False)
+    missing = [k for k in ("architecture", "params", "state_dict") if k not in payload]
+    if missing:
+        raise ValueError(f"{path}: not a cambench checkpoint, missing {missing} (expected the dict that "
+                         f"save_checkpoint writes)")
+    architecture = payload["architecture"]
+    try:
+        model = build_model(architecture, **payload["params"])
+    except (KeyError, ValueError, TypeError) as err:  # unknown name (UnknownNameError) or parameters
+        raise ValueError(f"{path}: cannot build architecture '{architecture}' with the checkpoint's params "
+                         f"{payload['params']}: {err}") from None
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: 'state_dict' holds a {type(state).__name__} (expected a dict of tensors)")
+    target = model.state_dict()
+    mismatched = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in state.items()
+                  if k in target and hasattr(v, "shape") and tuple(v.shape) != tuple(target[k].shape)]
+    if mismatched:
+        raise ValueError(f"{path}: weights do not match architecture '{architecture}': shape mismatch "
+                         + ", ".join(f"'{k}' file {f} vs model {m}" for k, f, m in mismatched[:5])
+                         + f" (expected the shapes of the checkpoint's params {payload['params']})")
+    result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"{path}: weights do not match architecture '{payload['architecture']}': "
+        raise ValueError(f"{path}: weights do not match architecture '{architecture}': "
                          f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
     return model.to(map_location), payload
 
