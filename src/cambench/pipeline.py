@@ -32,7 +32,7 @@ from .utils import atomic_path, pick_device
 log = logging.getLogger("cambench")
 
 METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                  "prediction", "clean_prediction", "metric", "value", "score", "params"]
+                  "prediction", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -345,6 +345,8 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                     "clean_prediction": clean_predictions[keep], "metric": name,
                     "value": vals.astype(np.float64), "score": full.get("score", entry.meta.get("score", "")),
                     "params": _json({k: v for k, v in full.items() if k != "score"}),
+                    # engine.FLAG_* bits of the map scored (1 constant, 2 had NaN/Inf): degenerate maps stay visible
+                    "map_flags": hm.flags[method][keep].astype(np.uint8),
                 }))
                 bar.update(1)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
@@ -423,7 +425,9 @@ def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, outp
             aggregate = "class_mean" if aggregate == "class_mean" else "mean"
             point, lo, hi = bootstrap_mean_ci(values, group["label"].to_numpy() if aggregate == "class_mean" else None,
                                               n_boot, rng)
-        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group), aggregate=aggregate,
+        degenerate = int((group["map_flags"] != 0).sum()) if "map_flags" in group else 0
+        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group), n_degenerate=degenerate,
+                         aggregate=aggregate,
                          higher_is_better=entry.meta.get("higher_is_better"), score=group["score"].iloc[0]))
     summary = pd.DataFrame(rows)
     with atomic_path(output_summary) as tmp:

@@ -33,6 +33,10 @@ STR = h5py.string_dtype()
 DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
+def _finite(t) -> np.ndarray:
+    return np.nan_to_num(t.float().cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class HeatmapWriter:
     """Fill a heatmap file batch by batch; the file appears only when the writer closes cleanly."""
 
@@ -40,7 +44,7 @@ class HeatmapWriter:
                  dtype: str = "float16", attrs: dict | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"heatmap dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.n, self.dtype, self.params = len(ids), DTYPES[dtype], params
+        self.n, self.dtype, self.params, self.path = len(ids), DTYPES[dtype], params, Path(path)
         self._stack = ExitStack()
         tmp = self._stack.enter_context(atomic_path(path))
         self.f = self._stack.enter_context(h5py.File(tmp, "w"))
@@ -57,15 +61,21 @@ class HeatmapWriter:
         stop = start + result.logits.shape[0]
         self.f["predictions"][start:stop] = result.predictions.cpu().numpy()
         self.f["targets"][start:stop] = result.targets.cpu().numpy()
-        self.f["scores"][start:stop] = result.scores.float().cpu().numpy()
+        scores = result.scores.float().cpu().numpy()
+        if not np.isfinite(scores).all():  # a broken model, not a degenerate map: stop, write nothing
+            bad = self.f["ids"].asstr()[start:stop][~np.isfinite(scores)]
+            raise FloatingPointError(f"{self.path}: the model gave non-finite target scores for images "
+                                     f"{list(bad[:5])}; check the checkpoint and the input normalisation")
+        self.f["scores"][start:stop] = scores
         for method, maps in result.maps.items():
             if f"heatmaps/{method}" not in self.f:
                 self._create(method, tuple(maps.shape[1:]), tuple(result.raw[method].shape[1:]))
             self.f[f"heatmaps/{method}"][start:stop] = maps.cpu().numpy().astype(self.dtype)
-            self.f[f"raw/{method}"][start:stop] = result.raw[method].float().cpu().numpy()
+            # The signed map and weights as computed, but never NaN/Inf on disk (the flag records it).
+            self.f[f"raw/{method}"][start:stop] = _finite(result.raw[method])
             self.f[f"flags/{method}"][start:stop] = result.flags[method].cpu().numpy()
             if method in result.weights:
-                w = result.weights[method].float().cpu().numpy()
+                w = _finite(result.weights[method])
                 if f"weights/{method}" not in self.f:
                     self.f.create_dataset(f"weights/{method}", shape=(self.n,) + w.shape[1:], dtype=np.float32)
                 self.f[f"weights/{method}"][start:stop] = w
@@ -116,25 +126,38 @@ class Heatmaps:
 def read_heatmaps(path: str | Path, methods: list[str] | None = None, raw: bool = False) -> Heatmaps:
     """The heatmap file's arrays; ``raw`` also reads the signed maps and the channel weights."""
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"heatmap file not found: {path}")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"{path}: not a readable heatmap file ({err})") from None
     with f:
-        missing = [k for k in ("ids", "predictions", "targets", "heatmaps") if k not in f]
+        missing = [k for k in ("ids", "labels", "predictions", "targets", "heatmaps") if k not in f]
         if missing:
             raise ValueError(f"{path}: not a cambench heatmap file, missing {missing}")
         names = methods or sorted(f["heatmaps"])
         absent = [m for m in names if m not in f["heatmaps"]]
         if absent:
             raise ValueError(f"{path}: no heatmaps for {absent}; present: {sorted(f['heatmaps'])}")
-        return Heatmaps(
-            ids=f["ids"].asstr()[:], labels=f["labels"][:], predictions=f["predictions"][:],
-            targets=f["targets"][:],
-            maps={m: f[f"heatmaps/{m}"][:].astype(np.float32) for m in names},
-            flags={m: f[f"flags/{m}"][:] for m in names},
-            attrs={k: f.attrs[k] for k in f.attrs},
-            scores=f["scores"][:] if "scores" in f else None,
-            raw={m: f[f"raw/{m}"][:] for m in names if f"raw/{m}" in f} if raw else None,
-            weights={m: f[f"weights/{m}"][:] for m in names if f"weights/{m}" in f} if raw else None,
-        )
+        missing = [f"flags/{m}" for m in names if f"flags/{m}" not in f]
+        if missing:
+            raise ValueError(f"{path}: not a cambench heatmap file, missing {missing}")
+        try:
+            return _read_heatmaps(f, names, raw)
+        except OSError as err:  # a damaged chunk or a dataset cut short
+            raise ValueError(f"{path}: cannot read the heatmap file ({err}) (expected an intact heatmap HDF5; "
+                             f"compute it again)") from None
+
+
+def _read_heatmaps(f: h5py.File, names: list[str], raw: bool) -> Heatmaps:
+    return Heatmaps(
+        ids=f["ids"].asstr()[:], labels=f["labels"][:], predictions=f["predictions"][:],
+        targets=f["targets"][:],
+        maps={m: f[f"heatmaps/{m}"][:].astype(np.float32) for m in names},
+        flags={m: f[f"flags/{m}"][:] for m in names},
+        attrs={k: f.attrs[k] for k in f.attrs},
+        scores=f["scores"][:] if "scores" in f else None,
+        raw={m: f[f"raw/{m}"][:] for m in names if f"raw/{m}" in f} if raw else None,
+        weights={m: f[f"weights/{m}"][:] for m in names if f"weights/{m}" in f} if raw else None,
+    )
