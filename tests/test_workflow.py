@@ -217,6 +217,7 @@ def test_report_opens_in_chromium_without_errors(workdir):
     ("cam", {"methods": {"scorecamm": {}}}, "config key 'cam.methods.scorecamm': unknown method"),
     ("datasets", {"shapes": {"root": "does/not/exist"}}, "config key 'datasets.shapes.root': folder not found"),
     ("report", {"curve_metrics": ["pointing_gaem"]}, "config key 'report.curve_metrics': unknown metric(s)"),
+    ("datasets", {"../evil": {"standin": {"kind": "shapes"}}}, "config key 'datasets': name '../evil' is not allowed"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, section, change, key):
     copy_workflow(tmp_path)
@@ -226,6 +227,18 @@ def test_bad_config_stops_before_any_job(tmp_path, section, change, key):
     run = snakemake(tmp_path, "--cores", "1", "--configfile", "bad.yaml", check=False)
     assert run.returncode != 0
     assert key in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("seed: [1\n", "Config file is not valid JSON or YAML"),
+    ("- 1\n- 2\n", "Config file must be given as JSON or YAML with keys at top level"),
+])
+def test_unreadable_config_file_stops_before_any_job(tmp_path, text, message):
+    copy_workflow(tmp_path)
+    (tmp_path / "bad.yaml").write_text(text)
+    run = snakemake(tmp_path, "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert run.returncode != 0 and message in run.stdout + run.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 

@@ -278,8 +278,10 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         try:
             arch = resolve_architecture(model["architecture"])
         except (KeyError, ValueError) as err:
-            raise ConfigError(f"config key '{key}.architecture': {err}; registered: "
-                              f"{', '.join(ARCHITECTURES.names())} (or 'module:function')") from None
+            text = str(err.args[0]) if err.args else str(err)  # a KeyError's str() adds quotes
+            known = "" if "registered:" in text else f"; registered: {', '.join(ARCHITECTURES.names())}"
+            raise ConfigError(f"config key '{key}.architecture': {text}{known} "
+                              f"(or 'module:function')") from None
         try:
             arch.check_params(model.get("params") or {})
         except ValueError as err:

@@ -27,7 +27,7 @@ from .models import (accuracy, build_model, load_checkpoint, load_weights, resol
 from .perturbations import perturb, perturbation_needs
 from .provenance import provenance
 from .store import HeatmapWriter, read_heatmaps
-from .utils import atomic_path, pick_device
+from .utils import atomic_path, json_attribute, pick_device
 
 log = logging.getLogger("cambench")
 
@@ -308,7 +308,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev, model=net, target_layer=layer,
                               params=perturbation_params, batch_size=batch_size, stored=perturbed)
     masks = torch.from_numpy(ds.masks).to(dev) if ds.masks is not None else None
-    method_specs = json.loads(hm.attrs.get("methods", "{}"))
+    method_specs = json_attribute(hm.attrs, "methods", heatmaps_path, dict, default={})
     targets = torch.from_numpy(hm.targets).to(dev)
     predictions = torch.from_numpy(hm.predictions).to(dev)
     clean_predictions = clean.predictions if clean is not None else hm.predictions

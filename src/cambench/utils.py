@@ -1,7 +1,8 @@
-"""Small shared helpers: eval mode, up-sampling, devices, atomic file writes."""
+"""Small shared helpers: eval mode, up-sampling, devices, atomic file writes, JSON attributes."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -89,3 +90,25 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def json_attribute(attrs, key: str, path: str | os.PathLike, expected: type, default=None):
+    """An HDF5 attribute that holds JSON, parsed as JSON only (a file's attribute is data, never code).
+
+    ``expected`` is the JSON type it must decode to; a missing key gives ``default`` when one is set.
+    Errors name the file, the attribute and what was expected.
+    """
+    if key not in attrs:
+        if default is not None:
+            return default
+        raise ValueError(f"{path}: attribute '{key}' missing (expected a JSON {expected.__name__})")
+    raw = attrs[key]
+    try:
+        value = json.loads(raw if isinstance(raw, str) else bytes(raw).decode())
+    except (TypeError, ValueError, UnicodeDecodeError):
+        value = None
+    if not isinstance(value, expected):
+        shown = str(raw)[:60]
+        raise ValueError(f"{path}: attribute '{key}' is not a JSON {expected.__name__} (got {shown!r}); "
+                         f"the file was not written by cambench or was altered")
+    return value

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..perturbations import string_key
-from ..utils import atomic_path
+from ..utils import atomic_path, json_attribute
 from .formats import DataError, Prepared
 
 STR = h5py.string_dtype()
@@ -135,7 +135,7 @@ def _read(f: h5py.File, path: Path, split: str | None) -> Dataset:
         if len(f[key]) != n:
             raise ValueError(f"{path}: '{key}' has {len(f[key])} entries but 'labels' has {n} "
                              f"(expected one per item)")
-    class_names = json.loads(f.attrs["class_names"])
+    class_names = json_attribute(f.attrs, "class_names", path, list)
     labels = f["labels"][:]
     bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
     if bad.size:
