@@ -244,6 +244,18 @@ def street_bad_label(tmp):
     return Built(root, bad, "street", {"test_fraction": 0.5}, _out(tmp))
 
 
+def street_row_leaves_root(tmp, name="../../outside.jpg"):
+    root = _street(tmp)
+    (tmp / "outside.jpg").write_bytes((root / "hotspot" / "00000.jpg").read_bytes())
+    bad = root / "labels.csv"
+    bad.write_text(bad.read_text().replace("hotspot/00001.jpg,", f"{name},", 1))
+    return Built(root, bad, "street", {"test_fraction": 0.5}, _out(tmp))
+
+
+def street_row_absolute(tmp):
+    return street_row_leaves_root(tmp, str(tmp / "outside.jpg"))
+
+
 def street_mixed_sizes(tmp):
     root = _street(tmp)
     bad = root / "non_hotspot" / "00001.jpg"
@@ -483,6 +495,10 @@ CASES = [
      r"image named in .*labels\.csv row \d+ .*not found"),
     ("street_bad_label", "street CSV label 'maybe'", street_bad_label, prepare, DataError,
      r"label 'maybe' is not one of hotspot, non_hotspot"),
+    ("street_row_leaves_root", "street CSV row naming ../../outside.jpg (a file that exists)", street_row_leaves_root,
+     prepare, DataError, r"filename '\.\./\.\./outside\.jpg' must be a path relative to the root"),
+    ("street_row_absolute", "street CSV row naming an absolute path (a file that exists)", street_row_absolute,
+     prepare, DataError, r"filename '/.*outside\.jpg' must be a path relative to the root"),
     ("street_mixed_sizes", "street JPEG 48x32 among 32x32", street_mixed_sizes, prepare, DataError,
      r"image size 48x32 differs from 32x32 .*set the option image_size"),
     ("dataset_truncated", "dataset HDF5 cut to half", dataset_truncated, dataset, ValueError,
