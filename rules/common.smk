@@ -1,4 +1,6 @@
 # Config validation, names, wildcard constraints and input functions shared by every stage.
+import math
+import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -7,7 +9,7 @@ from snakemake.utils import validate
 try:
     from cambench.config import (ConfigError, check_config, is_standin, load_schema, perturbation_sweep,
                                  schema_errors)
-    from cambench.data import standin_format, standin_writes_masks
+    from cambench.data import split_size, standin_format, standin_writes_masks
     from cambench.engine import method_of
     from cambench.papers import PAPERS, check_paper_keys, paper_models
     from cambench.perturbations import perturbations as registered_perturbations
@@ -39,6 +41,51 @@ wildcard_constraints:
     model=NAME,
     perturbation="|".join(registered_perturbations()),
     level=r"\d[\w.-]*",
+    shard=r"\d\d\d\d+",
+
+
+# Joins are seconds of I/O: on a cluster they run in the Snakemake process, not as jobs.
+localrules:
+    join_heatmaps,
+    join_metrics,
+
+
+# GPU rules ask for one GPU each (locally `--resources gpu=N` runs N at a time; on SLURM the
+# plugin requests it); a CPU-only config asks for none, so it also runs on CPU-only partitions.
+GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+SHARD_SIZE = config["shards"]["size"]
+_SPLIT_SIZES = {}
+
+
+def split_items(dataset):
+    """Items of cam.split in the prepared dataset (a checkpoint: known once prepare_dataset ran)."""
+    path = checkpoints.prepare_dataset.get(dataset=dataset).output[0]
+    key = (path, os.stat(path).st_mtime_ns)
+    if key not in _SPLIT_SIZES:
+        _SPLIT_SIZES[key] = split_size(path, config["cam"]["split"])
+    return _SPLIT_SIZES[key]
+
+
+def shard_labels(dataset):
+    return [f"{k:04d}" for k in range(max(1, math.ceil(split_items(dataset) / SHARD_SIZE)))]
+
+
+def shard_rows(wildcards):
+    """[start, stop) of the shard in cam.split; the last shard's stop is clamped by the reader."""
+    start = int(wildcards.shard) * SHARD_SIZE
+    return [start, start + SHARD_SIZE]
+
+
+def _level_dir(wildcards, kind):
+    return f"results/{wildcards.dataset}/{wildcards.model}/{kind}/{wildcards.perturbation}~{wildcards.level}"
+
+
+def heatmap_shards(wildcards):
+    return [f"{_level_dir(wildcards, 'heatmaps')}/shard-{k}.h5" for k in shard_labels(wildcards.dataset)]
+
+
+def metric_shards(wildcards):
+    return [f"{_level_dir(wildcards, 'metrics')}/shard-{k}.parquet" for k in shard_labels(wildcards.dataset)]
 
 
 def level_label(level):
@@ -63,7 +110,7 @@ def perturbed_input(wildcards):
     """The stored perturbed images when store_perturbed is on (else regenerated on the fly)."""
     if not config["store_perturbed"] or wildcards.perturbation == "none":
         return []
-    return f"results/{wildcards.dataset}/{wildcards.model}/perturbed/{wildcards.perturbation}~{wildcards.level}.h5"
+    return f"{_level_dir(wildcards, 'perturbed')}/shard-{wildcards.shard}.h5"
 
 
 def level_of(wildcards):

@@ -18,7 +18,8 @@ rule generate_standin:
         "../scripts/generate_standin.py"
 
 
-rule prepare_dataset:
+# A checkpoint: the number of shards follows from the prepared split's size.
+checkpoint prepare_dataset:
     input:
         source=dataset_source,
     output:

@@ -1,14 +1,16 @@
-# Heatmaps: every CAM method for one (perturbation, level) in one job; one forward + one backward
-# per batch serves all gradient methods. Perturbed images are regenerated from the seed, not stored.
+# Heatmaps: every CAM method for one (perturbation, level, shard) in one job (one model load, many
+# batches; one forward + one backward per batch serves all gradient methods). Perturbed images are
+# regenerated from the seed, not stored. The shards of a level are joined without copying the maps.
 
 
 rule heatmaps:
     input:
         unpack(heatmap_inputs),
     output:
-        "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
+        "results/{dataset}/{model}/heatmaps/{perturbation}~{level}/shard-{shard}.h5",
     params:
         level=level_of,
+        shard=shard_rows,
         perturbation_params=perturbation_params,
         methods=heatmap_methods,
         target_layer=lambda w: model_spec(w)["target_layer"],
@@ -20,11 +22,26 @@ rule heatmaps:
         seed=config["seed"],
         device=config["device"],
     threads: 2
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
-        "results/logs/heatmaps/{dataset}/{model}/{perturbation}~{level}.log",
+        "results/logs/heatmaps/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/heatmaps/{dataset}/{model}/{perturbation}~{level}.tsv"
+        "results/benchmarks/heatmaps/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.tsv"
     conda:
         "../envs/cambench.yaml"
     script:
         "../scripts/heatmaps.py"
+
+
+rule join_heatmaps:
+    input:
+        heatmap_shards,
+    output:
+        "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
+    log:
+        "results/logs/join_heatmaps/{dataset}/{model}/{perturbation}~{level}.log",
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/join_heatmaps.py"

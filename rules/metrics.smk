@@ -1,17 +1,19 @@
-# Metrics: one tidy table per (perturbation, level), then one table for the whole run.
+# Metrics: one tidy table per (perturbation, level, shard), joined per level, then one table for
+# the whole run.
 
 
 rule metrics:
     input:
         dataset="results/{dataset}/dataset.h5",
         model="results/{dataset}/{model}/model.pt",
-        heatmaps="results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
-        clean="results/{dataset}/{model}/heatmaps/none~0.h5",
+        heatmaps="results/{dataset}/{model}/heatmaps/{perturbation}~{level}/shard-{shard}.h5",
+        clean="results/{dataset}/{model}/heatmaps/none~0/shard-{shard}.h5",
         perturbed=perturbed_input,
     output:
-        "results/{dataset}/{model}/metrics/{perturbation}~{level}.parquet",
+        "results/{dataset}/{model}/metrics/{perturbation}~{level}/shard-{shard}.parquet",
     params:
         level=level_of,
+        shard=shard_rows,
         perturbation_params=perturbation_params,
         batch_size=config["cam"]["batch_size"],
         metrics=config["metrics"]["compute"],
@@ -21,14 +23,31 @@ rule metrics:
         seed=config["seed"],
         device=config["device"],
     threads: max(1, min(2, workflow.cores // 2))  # on 2 cores: two metric jobs side by side
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
-        "results/logs/metrics/{dataset}/{model}/{perturbation}~{level}.log",
+        "results/logs/metrics/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/metrics/{dataset}/{model}/{perturbation}~{level}.tsv"
+        "results/benchmarks/metrics/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.tsv"
     conda:
         "../envs/cambench.yaml"
     script:
         "../scripts/metrics.py"
+
+
+rule join_metrics:
+    input:
+        metric_shards,
+    output:
+        "results/{dataset}/{model}/metrics/{perturbation}~{level}.parquet",
+    params:
+        metric_order=list(config["metrics"]["compute"]),
+    log:
+        "results/logs/join_metrics/{dataset}/{model}/{perturbation}~{level}.log",
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/join_metrics.py"
 
 
 rule aggregate_metrics:

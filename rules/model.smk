@@ -16,6 +16,8 @@ rule train_model:
     # Small CNNs scale poorly past a few threads: on 2 cores two single-thread trainings side by
     # side beat two 2-thread trainings in turn (BENCHMARKS.md).
     threads: max(1, min(4, workflow.cores // 2))
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "results/logs/train_model/{dataset}/{model}.log",
     benchmark:

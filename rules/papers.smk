@@ -61,6 +61,8 @@ rule metacam_ensembles:
         seed=config["seed"],
         device=config["device"],
     threads: 2
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "results/logs/metacam_ensembles/{dataset}/{model}.log",
     benchmark:

@@ -7,9 +7,10 @@ rule store_perturbed:
         dataset="results/{dataset}/dataset.h5",
         model="results/{dataset}/{model}/model.pt",
     output:
-        "results/{dataset}/{model}/perturbed/{perturbation}~{level}.h5",
+        "results/{dataset}/{model}/perturbed/{perturbation}~{level}/shard-{shard}.h5",
     params:
         level=level_of,
+        shard=shard_rows,
         perturbation_params=perturbation_params,
         target_layer=lambda w: model_spec(w)["target_layer"],
         split=config["cam"]["split"],
@@ -17,10 +18,12 @@ rule store_perturbed:
         seed=config["seed"],
         device=config["device"],
     threads: 2
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
-        "results/logs/perturbed/{dataset}/{model}/{perturbation}~{level}.log",
+        "results/logs/perturbed/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.log",
     benchmark:
-        "results/benchmarks/perturbed/{dataset}/{model}/{perturbation}~{level}.tsv"
+        "results/benchmarks/perturbed/{dataset}/{model}/{perturbation}~{level}/shard-{shard}.tsv"
     conda:
         "../envs/cambench.yaml"
     script:

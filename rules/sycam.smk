@@ -23,6 +23,8 @@ rule search_sycam:
         seed=config["seed"],
         device=config["device"],
     threads: 2
+    resources:
+        gpu=GPUS_PER_JOB,
     log:
         "results/logs/search_sycam/{dataset}/{model}.log",
     benchmark:

@@ -10,4 +10,4 @@ with logged(sm):
                     perturbation=sm.wildcards.perturbation, level=p.level, split=p.split, seed=p.seed,
                     dataset=sm.wildcards.dataset, model=sm.wildcards.model, device=p.device,
                     batch_size=p.batch_size, perturbation_params=p.perturbation_params,
-                    perturbed=sm.input.perturbed or None, config=sm.config)
+                    perturbed=sm.input.perturbed or None, config=sm.config, shard=p.shard)

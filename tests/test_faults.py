@@ -1,5 +1,6 @@
 """Faults, for real: heatmap jobs killed with SIGKILL while they write, a whole run killed like a
-lost node, resumption, and bit-for-bit determinism of two runs with one seed on CPU."""
+lost node, resumption, bit-for-bit determinism of two runs with one seed on CPU, and a sharded run
+equal to the unsharded one."""
 import glob
 import hashlib
 import json
@@ -10,15 +11,15 @@ import sys
 import time
 
 import h5py
-import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import copy_workflow, snakemake
+from workflow_helpers import array_digest, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
-TARGET = "results/metrics.parquet"  # through every heatmap and metric job; the figures add nothing here
 HEATMAPS = "results/tiny/tiny_cnn/heatmaps"
+# Through every heatmap and metric job and the joins; the figures add nothing here.
+TARGETS = ["results/metrics.parquet", f"{HEATMAPS}/none~0.h5", f"{HEATMAPS}/gaussian~0.3.h5"]
 FAULT = {
     "seed": 2,
     "device": "cpu",
@@ -33,12 +34,12 @@ FAULT = {
                             "sparseness": {}}},
     "stats": {"bootstrap": 100},
 }
-ARGS = [TARGET, "--cores", "1", "--configfile", "fault.yaml"]  # one core in both runs: same thread counts
+ARGS = [*TARGETS, "--cores", "1", "--configfile", "fault.yaml"]  # one core in both runs: same thread counts
 
 
-def _workdir(path):
+def _workdir(path, **changes):
     copy_workflow(path)
-    (path / "fault.yaml").write_text(yaml.safe_dump(FAULT))
+    (path / "fault.yaml").write_text(yaml.safe_dump({**FAULT, **changes}))
     return path
 
 
@@ -59,28 +60,6 @@ def file_digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def array_digest(path):
-    """sha256 over the array data alone: every HDF5 dataset, or every parquet column."""
-    h = hashlib.sha256()
-    if path.suffix == ".h5":
-        with h5py.File(path) as f:
-            names = []
-            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            for name in sorted(names):
-                h.update(name.encode())
-                d = f[name]
-                if h5py.check_string_dtype(d.dtype):  # variable-length strings: their text, not pointers
-                    h.update("\0".join(d.asstr()[()].tolist()).encode())
-                else:
-                    h.update(d[()].tobytes())
-    else:
-        table = pd.read_parquet(path)
-        for column in table.columns:
-            h.update(column.encode())
-            h.update(pd.util.hash_pandas_object(table[column], index=False).to_numpy().tobytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run."""
@@ -98,7 +77,7 @@ def kill_while_writing(work, *, whole_run: bool, min_bytes: int = 30_000, timeou
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and run.poll() is None:
-            for tmp in glob.glob(str(work / HEATMAPS / ".*.h5.tmp-*")):
+            for tmp in glob.glob(str(work / HEATMAPS / "*" / ".*.h5.tmp-*")):
                 try:
                     if os.path.getsize(tmp) >= min_bytes:
                         os.kill(int(tmp.rsplit("-", 1)[1]), signal.SIGKILL)  # the job's pid names its file
@@ -147,12 +126,12 @@ def test_killed_jobs_leave_nothing_and_the_rerun_is_bitwise_equal(reference, tmp
     # 3. Resume: after --unlock, only what is missing runs; finished files are not touched.
     snakemake(work, *ARGS, "--unlock")
     todo = jobs_to_run(work)
-    assert set(todo) <= {"heatmaps", "metrics", "aggregate_metrics"}, todo
+    assert set(todo) <= {"heatmaps", "join_heatmaps", "metrics", "join_metrics", "aggregate_metrics"}, todo
     assert 1 <= todo["heatmaps"] <= 2
     snakemake(work, *ARGS)
     for path, mtime in done_before.items():
         assert os.stat(work / path).st_mtime_ns == mtime, f"{path} was rewritten"
-    assert not glob.glob(str(work / HEATMAPS / ".*.tmp-*")), "stale temporary files left"
+    assert not glob.glob(str(work / HEATMAPS / "*" / ".*.tmp-*")), "stale temporary files left"
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(work, *ARGS, "-n"))
 
     # 4. Every output equals the uninterrupted run's, byte for byte (train.json: but its wall time).
@@ -162,12 +141,24 @@ def test_killed_jobs_leave_nothing_and_the_rerun_is_bitwise_equal(reference, tmp
         assert file_digest(work / path) == file_digest(reference / path), path
 
 
-def test_two_runs_with_one_seed_give_identical_array_data(reference, tmp_path):
-    """Determinism on CPU: the array data (every HDF5 dataset, every parquet column) of a second
-    run, in another folder and on two cores instead of one, hashes the same."""
-    work = _workdir(tmp_path)
-    snakemake(work, TARGET, "--cores", "2", "--configfile", "fault.yaml")
-    data = [p for p in outputs(work) if p.endswith((".h5", ".parquet"))]
-    assert len(data) >= 6 and data == [p for p in outputs(reference) if p.endswith((".h5", ".parquet"))]
-    for path in data:
+def test_a_second_run_sharded_on_two_cores_has_identical_array_data(reference, tmp_path):
+    """Determinism and sharding at once: a second run of the seeded config, in another folder, on
+    two cores instead of one, with shards of 32 images (32 + 32 + 26 of 90: every heatmap and metric
+    job runs per shard), gives the array data of the one-shard run: the dataset, the model's bytes,
+    the joined heatmap files (virtual datasets over the shards) and every metric table."""
+    work = _workdir(tmp_path, shards={"size": 32})
+    snakemake(work, *TARGETS, "--cores", "2", "--configfile", "fault.yaml")
+    for level in ("none~0", "gaussian~0.3"):
+        shards = sorted(p.name for p in (work / HEATMAPS / level).iterdir())
+        assert shards == ["shard-0000.h5", "shard-0001.h5", "shard-0002.h5"]
+        assert [p.name for p in (reference / HEATMAPS / level).iterdir()] == ["shard-0000.h5"]
+        with h5py.File(work / HEATMAPS / f"{level}.h5") as f:
+            assert f["heatmaps/gradcam"].is_virtual and f["heatmaps/gradcam"].shape[0] == 90
+            assert [s.file_name for s in f["heatmaps/gradcam"].virtual_sources()] == [
+                f"{level}/{name}" for name in shards]
+    model = "results/tiny/tiny_cnn/model.pt"
+    assert file_digest(work / model) == file_digest(reference / model)
+    compared = ["results/tiny/dataset.h5", *TARGETS,
+                *[f"results/tiny/tiny_cnn/metrics/{level}.parquet" for level in ("none~0", "gaussian~0.3")]]
+    for path in compared:
         assert array_digest(work / path) == array_digest(reference / path), path

@@ -1,10 +1,13 @@
-"""Attributes of input files are data, never code; determinism is switched on in every job.
+"""Attributes of input files are data, never code; determinism is switched on in every job; GPU
+jobs take distinct devices.
 
 The other security cases live beside the code they guard (README, "Reliability and security"):
 the CIFAR restricted unpickler (test_data_cifar.py), weights_only checkpoints (test_models.py,
 test_models_zoo.py), names that would become paths (test_config.py), HTML escaping (test_report.py
 and the Chromium test in test_workflow.py)."""
 import os
+import subprocess
+import sys
 
 import h5py
 import pytest
@@ -14,7 +17,7 @@ from cambench.data import generate_shapes, prepare, read_dataset
 from cambench.models import build_model, save_checkpoint
 from cambench.pipeline import compute_heatmaps, compute_metrics
 from cambench.provenance import dataset_summary, embedded_provenance
-from cambench.scripting import set_deterministic
+from cambench.scripting import claim_gpu, set_deterministic
 
 
 def payload(marker):
@@ -86,3 +89,28 @@ def test_jobs_run_with_deterministic_kernels(monkeypatch):
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark = before[1]
         torch.backends.cudnn.deterministic = False
+
+
+def _claim_in_another_process(lock_dir, devices):
+    """A job holding a GPU: a child process that claims one and waits."""
+    code = ("import os, sys, time; from cambench.scripting import claim_gpu; "
+            f"print(claim_gpu({{'CUDA_VISIBLE_DEVICES': {devices!r}}}, {str(lock_dir)!r}), flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return child, child.stdout.readline().strip()
+
+
+def test_gpu_jobs_take_distinct_visible_devices_and_a_kill_frees_one(tmp_path):
+    env = {"CUDA_VISIBLE_DEVICES": "3,5"}
+    first, device = _claim_in_another_process(tmp_path, "3,5")
+    try:
+        assert device == "3"
+        assert claim_gpu(env, tmp_path) == "5" and env["CUDA_VISIBLE_DEVICES"] == "5"
+        first.kill()
+        first.wait()
+        assert claim_gpu({"CUDA_VISIBLE_DEVICES": "3,5"}, tmp_path) == "3"  # the killed job's GPU is free again
+        # More jobs than GPUs: the extra one shares the first device rather than failing.
+        assert claim_gpu({"CUDA_VISIBLE_DEVICES": "3,5"}, tmp_path) == "3"
+    finally:
+        first.kill()
+        first.wait()
+    assert claim_gpu({"CUDA_VISIBLE_DEVICES": "7"}, tmp_path) == "7" and claim_gpu({}, tmp_path) is None

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .data import generate_standin as generate_standin_files
-from .data import prepare, read_dataset
+from .data import prepare, read_dataset, split_size
 from .engine import explain_many, method_applies
 from .metrics import METRICS, evaluate_applies
 from .metrics.robustness import combine_robustness
@@ -137,6 +137,18 @@ def default_target_layer(architecture: str) -> str:
 # Heatmaps
 # ------------------------------------------------------------------------------------------------
 
+def read_shard(dataset_path: str | Path, split: str, shard: tuple[int, int] | None):
+    """The split, or its items [start, stop) (one shard: only those are read from disk)."""
+    if shard is None:
+        return read_dataset(dataset_path, split)
+    start, stop = (int(v) for v in shard)
+    ds = read_dataset(dataset_path, split, slice(start, stop))
+    if len(ds) == 0:
+        raise ValueError(f"{dataset_path}: shard [{start}, {stop}) of split '{split}' is empty "
+                         f"(the split has {split_size(dataset_path, split)} items)")
+    return ds
+
+
 def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: int, dev, *,
                      model: torch.nn.Module | None = None, target_layer: str = "", params: dict | None = None,
                      batch_size: int = 64, stored: str | Path | None = None) -> torch.Tensor:
@@ -160,11 +172,12 @@ def perturbed_pixels(ds, index: slice, perturbation: str, level: float, seed: in
 
 def store_perturbed(dataset_path: str | Path, model_path: str | Path, output: str | Path, *, perturbation: str,
                     level: float, params: dict, target_layer: str, split: str, batch_size: int, seed: int,
-                    device: str = "auto", config: dict | None = None) -> None:
-    """Write the perturbed images of one (kind, level) as float32 HDF5 (/images, /ids) with provenance."""
+                    device: str = "auto", config: dict | None = None, shard: tuple[int, int] | None = None) -> None:
+    """Write the perturbed images of one (kind, level) as float32 HDF5 (/images, /ids) with provenance;
+    ``shard`` = (start, stop) of the split only."""
     import h5py
     dev = pick_device(device)
-    ds = read_dataset(dataset_path, split)
+    ds = read_shard(dataset_path, split, shard)
     model, payload = _load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
@@ -197,10 +210,12 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
                      class_source: str, batch_size: int, dtype: str, seed: int, device: str = "auto",
                      memory_mb: float = 1024.0, extra_inputs: list | None = None,
                      names: dict | None = None, config: dict | None = None,
-                     perturbation_params: dict | None = None, perturbed: str | Path | None = None) -> None:
-    """All methods for one (perturbation, level): one forward + backward per batch serves them all."""
+                     perturbation_params: dict | None = None, perturbed: str | Path | None = None,
+                     shard: tuple[int, int] | None = None) -> None:
+    """All methods for one (perturbation, level), on the split or its ``shard`` = (start, stop):
+    one forward + backward per batch serves them all."""
     dev = pick_device(device)
-    ds = read_dataset(dataset_path, split)
+    ds = read_shard(dataset_path, split, shard)
     model, payload = _load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     methods = {m: dict(p or {}) for m, p in methods.items()}
@@ -213,7 +228,9 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
     attrs = {"provenance": _json(provenance(config, inputs, seed, dev)),
              "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
              "perturbation_params": _json(perturbation_params or {}),
-             "class_source": class_source, "skipped_methods": _json(skipped), **(names or {})}
+             "class_source": class_source, "skipped_methods": _json(skipped), "split": split,
+             "rows": _json([int(shard[0]) if shard else 0, (int(shard[0]) if shard else 0) + len(ds)]),
+             **(names or {})}
     n = len(ds)
     with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
             _progress(n, f"heatmaps {perturbation}~{level}") as bar:
@@ -288,7 +305,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                     memory_mb: float, perturbation: str, level: float, split: str, seed: int,
                     dataset: str, model: str, device: str = "auto", batch_size: int = 64,
                     perturbation_params: dict | None = None, perturbed: str | Path | None = None,
-                    config: dict | None = None) -> pd.DataFrame:
+                    config: dict | None = None, shard: tuple[int, int] | None = None) -> pd.DataFrame:
     """Tidy table: one row per image × method × metric for this (perturbation, level).
 
     A metric that does not apply to an image (no mask, prediction changed, the clean level for a
@@ -297,7 +314,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     target layer as stored in the heatmap file, in batches of ``batch_size``.
     """
     dev = pick_device(device)
-    ds = read_dataset(dataset_path, split)
+    ds = read_shard(dataset_path, split, shard)
     net, _ = _load_model(model_path, dev)
     hm = read_heatmaps(heatmaps_path, raw=True)
     clean = read_heatmaps(clean_heatmaps_path) if perturbation != "none" else None
@@ -352,6 +369,24 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     inputs = [dataset_path, model_path, heatmaps_path, clean_heatmaps_path, *([perturbed] if perturbed else [])]
     table.attrs["provenance"] = _json(provenance(config, list(dict.fromkeys(inputs)), seed, dev))
+    with atomic_path(output) as tmp:
+        table.to_parquet(tmp, index=False)
+    return table
+
+
+def join_metric_tables(shards: list[str | Path], output: str | Path, metric_order: list[str]) -> pd.DataFrame:
+    """One (perturbation, level)'s table from its shards' tables (in split order), in the order an
+    unsharded job writes it: method (sorted, as the heatmap file lists them), then metric (in
+    ``metric_order``, the config's), then image in split order."""
+    tables = [pd.read_parquet(p) for p in shards]
+    table = pd.concat(tables, ignore_index=True)
+    position = {name: i for i, name in enumerate(metric_order)}
+    order = np.lexsort((np.arange(len(table)), table["metric"].map(position).to_numpy(),
+                        table["method"].to_numpy(dtype=str)))
+    table = table.iloc[order].reset_index(drop=True)
+    record = json.loads(tables[0].attrs.get("provenance", "{}"))
+    record["shards"] = [str(p) for p in shards]
+    table.attrs["provenance"] = _json(record)
     with atomic_path(output) as tmp:
         table.to_parquet(tmp, index=False)
     return table

@@ -15,10 +15,16 @@
            class_source, methods (JSON)
 
 Files are written to a temporary name and renamed when complete.
+
+A sharded run writes one such file per shard (``<perturbation>~<level>/shard-<k>.h5``, attrs
+``rows`` = [start, stop) of the split) and joins them with :func:`join_heatmaps` into the file
+above without copying the maps: /heatmaps, /raw and /weights become HDF5 virtual datasets over the
+shard files (paths relative to the joined file); the small per-image columns are copied.
 """
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +156,21 @@ def read_heatmaps(path: str | Path, methods: list[str] | None = None, raw: bool 
                              f"compute it again)") from None
 
 
+def _check_sources(f: h5py.File, path: Path) -> None:
+    """A virtual dataset reads a missing shard as its fill value; make that an error instead."""
+    missing = set()
+    for group in ("heatmaps", "raw", "weights"):
+        for d in f.get(group, {}).values():
+            if d.is_virtual:
+                missing |= {s.file_name for s in d.virtual_sources()
+                            if not (path.parent / s.file_name).is_file()}
+    if missing:
+        raise ValueError(f"{path}: shard file(s) {sorted(missing)} of this joined heatmap file are missing "
+                         f"(expected beside it; rerun the workflow to recreate them)")
+
+
 def _read_heatmaps(f: h5py.File, names: list[str], raw: bool) -> Heatmaps:
+    _check_sources(f, Path(f.filename))
     return Heatmaps(
         ids=f["ids"].asstr()[:], labels=f["labels"][:], predictions=f["predictions"][:],
         targets=f["targets"][:],
@@ -161,3 +181,88 @@ def _read_heatmaps(f: h5py.File, names: list[str], raw: bool) -> Heatmaps:
         raw={m: f[f"raw/{m}"][:] for m in names if f"raw/{m}" in f} if raw else None,
         weights={m: f[f"weights/{m}"][:] for m in names if f"weights/{m}" in f} if raw else None,
     )
+
+
+def _virtual_dataset(group: h5py.Group, name: str, layout: h5py.VirtualLayout) -> h5py.Dataset:
+    """``create_virtual_dataset`` without HDF5's object timestamps, so that joining the same shards
+    twice gives the same bytes (h5py turns timestamps off for ordinary datasets, not for virtual
+    ones). Missing sources read as NaN."""
+    dcpl = layout._get_dcpl(group.file.filename)
+    dcpl.set_fill_value(np.array([np.nan], dtype=layout.dtype))
+    dcpl.set_obj_track_times(False)
+    space = h5py.h5s.create_simple(layout.shape, layout.maxshape)
+    parent = group.require_group(name.rsplit("/", 1)[0]) if "/" in name else group
+    dsid = h5py.h5d.create(parent.id, name=name.rsplit("/", 1)[-1].encode(), tid=h5py.h5t.py_create(layout.dtype, logical=1),
+                           space=space, dcpl=dcpl)
+    return h5py.Dataset(dsid)
+
+
+SHARD_COPIED = ("ids", "labels", "predictions", "targets", "scores")  # small per-image columns
+SHARD_VIRTUAL = ("heatmaps", "raw", "weights")                       # the maps: not copied
+
+
+def join_heatmaps(shards: list[str | Path], output: str | Path) -> dict:
+    """Join per-shard heatmap files (in split order) into one heatmap file over the whole split.
+
+    The maps stay in the shard files (virtual datasets, paths relative to ``output``); ids, labels,
+    predictions, targets, scores and flags are copied. Checks that the shards tile the split
+    without gaps or overlaps and agree on methods, shapes, dtypes and the (perturbation, level).
+    """
+    output = Path(output)
+    shards = [Path(p) for p in shards]
+    if not shards:
+        raise ValueError(f"{output}: no shard files to join")
+    handles = [h5py.File(p, "r") for p in shards]
+    try:
+        first = handles[0]
+        expect_start = 0
+        for path, f in zip(shards, handles):
+            start, stop = json.loads(f.attrs["rows"])
+            if start != expect_start:
+                raise ValueError(f"{path}: shard rows [{start}, {stop}) do not follow the previous shard "
+                                 f"(expected start {expect_start})")
+            if len(f["ids"]) != stop - start:
+                raise ValueError(f"{path}: {len(f['ids'])} images for rows [{start}, {stop})")
+            for key in ("perturbation", "level", "methods", "target_layer", "class_source"):
+                if f.attrs.get(key) != first.attrs.get(key):
+                    raise ValueError(f"{path}: attribute '{key}' {f.attrs.get(key)!r} differs from "
+                                     f"{shards[0]}'s {first.attrs.get(key)!r}")
+            expect_start = stop
+        n = expect_start
+        offsets = [json.loads(f.attrs["rows"])[0] for f in handles]
+        rels = [Path(os.path.relpath(p.resolve(), output.resolve().parent)).as_posix() for p in shards]
+        with atomic_path(output) as tmp, h5py.File(tmp, "w") as out:
+            for key in SHARD_COPIED:
+                if key in first:
+                    out.create_dataset(key, data=np.concatenate([f[key][:] for f in handles]),
+                                       dtype=first[key].dtype)
+            for method in first["flags"]:
+                out.create_dataset(f"flags/{method}", data=np.concatenate([f[f"flags/{method}"][:] for f in handles]))
+            for group in SHARD_VIRTUAL:
+                for method, d in first.get(group, {}).items():
+                    layout = h5py.VirtualLayout(shape=(n,) + d.shape[1:], dtype=d.dtype)
+                    for path, rel, f, start in zip(shards, rels, handles, offsets):
+                        part = f[f"{group}/{method}"]
+                        if part.shape[1:] != d.shape[1:] or part.dtype != d.dtype:
+                            raise ValueError(f"{path}: {group}/{method} is {part.dtype} {part.shape[1:]}, "
+                                             f"{shards[0]} has {d.dtype} {d.shape[1:]}")
+                        layout[start:start + part.shape[0]] = h5py.VirtualSource(rel, part.name, shape=part.shape)
+                    v = _virtual_dataset(out, f"{group}/{method}", layout)
+                    for key, value in d.attrs.items():
+                        v.attrs[key] = value
+                    if group == "heatmaps":
+                        for key in ("n_constant", "n_nonfinite"):
+                            v.attrs[key] = int(sum(int(f[f"heatmaps/{method}"].attrs[key]) for f in handles))
+            for key, value in first.attrs.items():
+                if key not in ("rows", "provenance"):
+                    out.attrs[key] = value
+            out.attrs["rows"] = json.dumps([0, n])
+            # The shards' own provenance (config hash, commit, inputs' checksums) plus the shard list;
+            # the shards are not hashed again here (at full scale they hold tens of GB).
+            record = json.loads(first.attrs["provenance"])
+            record["shards"] = [{"file": rel, "rows": json.loads(f.attrs["rows"])} for rel, f in zip(rels, handles)]
+            out.attrs["provenance"] = json.dumps(record, sort_keys=True)
+    finally:
+        for f in handles:
+            f.close()
+    return {"images": n, "shards": len(shards)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .dataset import Dataset, read_dataset, write_dataset
+from .dataset import Dataset, read_dataset, split_size, write_dataset
 from .formats import FORMATS, DataError, Prepared, ReadContext, attach_masks, check_source, read_source
 from .imagefolder import prepare_image_folder
 from .synthetic import SHAPES, generate_shapes
@@ -40,7 +40,7 @@ def prepare(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | 
             "masks": data.masks is not None}
 
 
-__all__ = ["item_dims", "standin_writes_masks", "Dataset", "read_dataset", "write_dataset", "DataError", "Prepared", "ReadContext", "FORMATS",
+__all__ = ["item_dims", "standin_writes_masks", "Dataset", "read_dataset", "split_size", "write_dataset", "DataError", "Prepared", "ReadContext", "FORMATS",
            "attach_masks", "check_source", "read_source", "prepare", "generate_standin", "standin_format",
            "prepare_image_folder", "SHAPES", "generate_shapes"]
 

@@ -104,8 +104,9 @@ def write_dataset(path: str | Path, data: Prepared, attrs: dict) -> None:
             f.attrs[key] = value
 
 
-def read_dataset(path: str | Path, split: str | None = None) -> Dataset:
-    """Load a dataset file (optionally one split) with a clear error for a wrong file."""
+def read_dataset(path: str | Path, split: str | None = None, rows: slice | None = None) -> Dataset:
+    """Load a dataset file (optionally one split, and of it only ``rows``, e.g. one shard: only
+    those items are read from disk) with a clear error for a wrong file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
@@ -121,13 +122,13 @@ def read_dataset(path: str | Path, split: str | None = None) -> Dataset:
         if absent:
             raise ValueError(f"{path}: not a cambench dataset file, attribute(s) {absent} missing")
         try:
-            return _read(f, path, split)
+            return _read(f, path, split, rows)
         except OSError as err:  # a damaged chunk or a dataset cut short
             raise ValueError(f"{path}: cannot read the dataset file ({err}) (expected an intact dataset HDF5; "
                              f"prepare it again)") from None
 
 
-def _read(f: h5py.File, path: Path, split: str | None) -> Dataset:
+def _read(f: h5py.File, path: Path, split: str | None, rows: slice | None = None) -> Dataset:
     n = len(f["labels"])
     per_item = [k for k in ("images", "ids", "keys", "split", "source", "sha256", "masks", "mask_known") if k in f]
     per_item += [f"meta/{k}" for k in f["meta"]] if "meta" in f else []
@@ -146,8 +147,10 @@ def _read(f: h5py.File, path: Path, split: str | None) -> Dataset:
     sel = np.flatnonzero(splits == split) if split is not None else np.arange(len(splits))
     if split is not None and sel.size == 0:
         raise ValueError(f"{path}: no images in split '{split}'; splits present: {sorted(set(splits))}")
+    if rows is not None:
+        sel = sel[rows]
     return Dataset(
-        images=f["images"][sel] if sel.size else f["images"][:0],
+        images=f["images"][sel] if sel.size else f["images"][:0],  # reads only the rows selected
         labels=labels[sel],
         ids=f["ids"].asstr()[sel],
         keys=f["keys"][sel],
@@ -160,3 +163,16 @@ def _read(f: h5py.File, path: Path, split: str | None) -> Dataset:
         std=[float(v) for v in f.attrs["std"]],
         path=str(path),
     )
+
+
+def split_size(path: str | Path, split: str) -> int:
+    """Items of ``split`` in a dataset file, reading only its /split column (the shard count of a
+    workflow is decided from it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    try:
+        with h5py.File(path, "r") as f:
+            return int(np.count_nonzero(f["split"].asstr()[:] == split))
+    except (OSError, KeyError) as err:
+        raise ValueError(f"{path}: cannot read the split column ({err})") from None

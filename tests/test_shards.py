@@ -1,0 +1,85 @@
+"""Shards: per-shard heatmap files joined without copying, metric tables joined in unsharded order."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cambench.engine import CamResult
+from cambench.pipeline import join_metric_tables
+from cambench.store import HeatmapWriter, join_heatmaps, read_heatmaps
+
+N, METHODS = 7, {"a": {}, "b": {"x": 1}}
+
+
+def _result(rows, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(rows)
+    maps = {m: torch.rand(n, 4, 4, generator=g) for m in METHODS}
+    return CamResult(maps, {m: torch.randn(n, 2, 2, generator=g) for m in METHODS},
+                     {m: torch.tensor([i % 2 for i in rows], dtype=torch.uint8) for m in METHODS},
+                     torch.randn(n, 3, generator=g), torch.tensor(rows) % 3, torch.randn(n, generator=g),
+                     weights={"a": torch.randn(n, 5, generator=g)})
+
+
+def _write(path, rows):
+    ids = np.array([f"img{i}" for i in rows])
+    attrs = {"provenance": json.dumps({"seed": 0}), "perturbation": "none", "level": 0.0, "rows": json.dumps([rows[0], rows[-1] + 1])}
+    with HeatmapWriter(path, ids, np.array(rows) % 3, METHODS, "float16", attrs) as w:
+        r = _result(list(range(N)))
+        w.write(0, CamResult({m: v[rows] for m, v in r.maps.items()}, {m: v[rows] for m, v in r.raw.items()},
+                             {m: v[rows] for m, v in r.flags.items()}, r.logits[rows], r.targets[rows],
+                             r.scores[rows], weights={m: v[rows] for m, v in r.weights.items()}))
+
+
+@pytest.fixture
+def files(tmp_path):
+    _write(tmp_path / "whole.h5", list(range(N)))
+    (tmp_path / "lvl").mkdir()
+    for k, rows in enumerate([[0, 1, 2], [3, 4, 5], [6]]):
+        _write(tmp_path / "lvl" / f"shard-{k:04d}.h5", rows)
+    return tmp_path
+
+
+def test_joined_file_reads_like_the_unsharded_file(files):
+    shards = sorted((files / "lvl").iterdir())
+    assert join_heatmaps(shards, files / "lvl.h5") == {"images": N, "shards": 3}
+    whole, joined = read_heatmaps(files / "whole.h5", raw=True), read_heatmaps(files / "lvl.h5", raw=True)
+    assert list(joined.ids) == list(whole.ids)
+    for m in METHODS:
+        assert np.array_equal(joined.maps[m], whole.maps[m]) and np.array_equal(joined.raw[m], whole.raw[m])
+        assert np.array_equal(joined.flags[m], whole.flags[m])
+    assert np.array_equal(joined.weights["a"], whole.weights["a"]) and np.array_equal(joined.scores, whole.scores)
+    assert json.loads(joined.attrs["rows"]) == [0, N]
+    assert [s["file"] for s in json.loads(joined.attrs["provenance"])["shards"]] == [
+        "lvl/shard-0000.h5", "lvl/shard-0001.h5", "lvl/shard-0002.h5"]
+    # the maps are not copied: the joined file is a fraction of one shard's size
+    assert (files / "lvl.h5").stat().st_size < sum(p.stat().st_size for p in shards)
+    # a missing shard is an error, never silent fill values
+    shards[1].unlink()
+    with pytest.raises(ValueError, match=r"lvl.h5: shard file\(s\) \['lvl/shard-0001.h5'\] .* missing"):
+        read_heatmaps(files / "lvl.h5")
+
+
+def test_shards_that_do_not_tile_the_split_are_refused(files):
+    shards = sorted((files / "lvl").iterdir())
+    with pytest.raises(ValueError, match=r"shard-0002.h5: shard rows \[6, 7\) do not follow .*expected start 3"):
+        join_heatmaps([shards[0], shards[2]], files / "bad.h5")
+    assert not (files / "bad.h5").exists()
+
+
+def test_metric_tables_join_in_the_unsharded_order(tmp_path):
+    rows = [dict(method=m, metric=k, image_id=f"i{i}", value=float(i)) for m in ("a", "b") for k in ("z", "y")
+            for i in range(5)]
+    whole = pd.DataFrame(rows)
+    parts = [whole[whole.image_id.isin(ids)] for ids in (["i0", "i1"], ["i2", "i3"], ["i4"])]
+    # shard 0 lacks metric 'z' for method 'b' (a metric that applies to none of its images)
+    parts[0] = parts[0][~((parts[0].method == "b") & (parts[0].metric == "z"))]
+    expected = whole.drop(whole[(whole.method == "b") & (whole.metric == "z") & whole.image_id.isin(["i0", "i1"])].index)
+    paths = []
+    for k, part in enumerate(parts):
+        paths.append(tmp_path / f"{k}.parquet")
+        part.to_parquet(paths[-1], index=False)
+    joined = join_metric_tables(paths, tmp_path / "j.parquet", metric_order=["z", "y"])
+    assert joined.reset_index(drop=True).equals(expected.reset_index(drop=True))
