@@ -41,7 +41,8 @@ rule join_heatmaps:
         "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
     log:
         "results/logs/join_heatmaps/{dataset}/{model}/{perturbation}~{level}.log",
-    conda:
-        "../envs/cambench.yaml"
-    script:
-        "../scripts/join_heatmaps.py"
+    # A local rule run inside the Snakemake process: no interpreter start-up per join.
+    run:
+        from cambench.store import join_heatmaps
+
+        Path(log[0]).write_text(f"{join_heatmaps(list(input), output[0])}\n")
