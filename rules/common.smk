@@ -51,8 +51,19 @@ localrules:
 
 
 # GPU rules ask for one GPU each (locally `--resources gpu=N` runs N at a time; on SLURM the
-# plugin requests it); a CPU-only config asks for none, so it also runs on CPU-only partitions.
-GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
+# plugin requests it) when the config's device is CUDA, or 'auto' where CUDA is visible. Otherwise
+# none: Snakemake would run such jobs one at a time, and a CPU-only partition could not take them.
+def _gpus_per_job(device):
+    if device.startswith("cuda"):
+        return 1
+    if device == "auto":
+        import torch
+
+        return int(torch.cuda.is_available())
+    return 0
+
+
+GPUS_PER_JOB = _gpus_per_job(config["device"])
 SHARD_SIZE = config["shards"]["size"]
 _SPLIT_SIZES = {}
 
