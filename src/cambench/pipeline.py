@@ -216,6 +216,7 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
     one forward + backward per batch serves them all."""
     dev = pick_device(device)
     ds = read_shard(dataset_path, split, shard)
+    first = int(shard[0]) if shard else 0  # the shard's first row in the split
     model, payload = _load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     methods = {m: dict(p or {}) for m, p in methods.items()}
@@ -229,7 +230,7 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
              "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
              "perturbation_params": _json(perturbation_params or {}),
              "class_source": class_source, "skipped_methods": _json(skipped), "split": split,
-             "rows": _json([int(shard[0]) if shard else 0, (int(shard[0]) if shard else 0) + len(ds)]),
+             "rows": _json([first, first + len(ds)]),
              **(names or {})}
     n = len(ds)
     with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
