@@ -41,7 +41,7 @@ rule join_heatmaps:
         "results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
     log:
         "results/logs/join_heatmaps/{dataset}/{model}/{perturbation}~{level}.log",
-    # A local rule run inside the Snakemake process: no interpreter start-up per join.
+    # A local rule; with the profiles' force-use-threads it runs in a thread of the Snakemake process.
     run:
         from cambench.store import join_heatmaps
 

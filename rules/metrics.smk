@@ -44,7 +44,7 @@ rule join_metrics:
         metric_order=list(config["metrics"]["compute"]),
     log:
         "results/logs/join_metrics/{dataset}/{model}/{perturbation}~{level}.log",
-    # A local rule run inside the Snakemake process: no interpreter start-up per join.
+    # A local rule; with the profiles' force-use-threads it runs in a thread of the Snakemake process.
     run:
         from cambench.pipeline import join_metric_tables
 

@@ -10,7 +10,7 @@ from statsmodels.stats.multitest import multipletests
 
 from cambench.pipeline import bootstrap_mean_ci
 from cambench.stats import (STATS_COLUMNS, cliffs_delta, friedman, friedman_table, kruskal_table, mixed_model_table,
-                            posthoc_table, rank_biserial, run_statistics)
+                            paired_wilcoxon, posthoc_table, rank_biserial, run_statistics)
 
 
 def test_friedman_agrees_with_scipy_and_kendalls_w():
@@ -98,6 +98,26 @@ def test_posthoc_wilcoxon_agrees_with_scipy_and_holm_within_each_block():
             assert row.effect_name == "rank_biserial" and row.n == len(wide[a]) and row.k == 4
         np.testing.assert_allclose(rows.p_adj, multipletests(rows.p, method="holm")[1])
         assert (rows.significant == (rows.p_adj < 0.05)).all()
+
+
+def test_small_tied_samples_get_scipys_exact_sign_flip_p_without_its_python_loop():
+    # n <= 13 with ties or zeros: scipy enumerates 2**n sign flips in Python (minutes for a workflow's
+    # blocks); paired_wilcoxon computes the same null in one product and must agree to the last bit
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n, k = int(rng.integers(2, 14)), int(rng.integers(1, 5))
+        d = np.round(rng.normal(size=(n, k)) * 2, int(rng.integers(0, 2)))
+        d[rng.integers(0, n), rng.integers(0, k)] = 0.0
+        statistic, p = paired_wilcoxon(d)
+        for j in range(k):
+            if np.all(d[:, j] == 0):
+                assert np.isnan(p[j]) and np.isnan(statistic[j])
+                continue
+            ref = stats.wilcoxon(d[:, j])
+            assert statistic[j] == ref.statistic and p[j] == ref.pvalue, (d[:, j], p[j], ref.pvalue)
+    # a one-sided planted shift: every difference positive gives the smallest two-sided p, 2 / 2**n
+    statistic, p = paired_wilcoxon(np.array([[1.0], [1.0], [2.0], [3.0], [3.0]]))
+    assert statistic[0] == 0 and p[0] == 2 / 2 ** 5
 
 
 def test_posthoc_nemenyi_agrees_with_scikit_posthocs():

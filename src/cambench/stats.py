@@ -129,12 +129,36 @@ def rank_biserial(differences: np.ndarray) -> np.ndarray:
         return np.where(total > 0, (r_plus - r_minus) / total, np.nan)
 
 
+# scipy's Wilcoxon gives small tied samples the exact sign-flip permutation p (2**n flips for n <= 13);
+# it enumerates them in Python, seconds per call, so that case is computed here in one product.
+_PERMUTATION_MAX_N = 13
+
+
+def _sign_flip_wilcoxon(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact two-sided sign-flip permutation test of R+ per column (n <= 13), as scipy's
+    ``wilcoxon(method='auto')`` runs it for tied or zero differences: zeros dropped (``wilcox``), every
+    one of the 2**n sign assignments, p = min(1, 2 min(P(R+ <= r), P(R+ >= r))) with scipy's relative
+    tolerance. Ranks are multiples of 1/2, so every sum is exact in float64."""
+    n = d.shape[0]
+    ranks = np.nan_to_num(stats.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=0, nan_policy="omit"))
+    r_plus = np.where(d > 0, ranks, 0.0).sum(axis=0)
+    r_minus = np.where(d < 0, ranks, 0.0).sum(axis=0)
+    # a flip maps the positive set to any subset, so the null of R+ is every subset sum of the ranks
+    subsets = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1
+    null = subsets.astype(float) @ ranks
+    gamma = np.abs(np.finfo(float).eps * 100 * r_plus)
+    p_less = np.count_nonzero(null <= r_plus + gamma, axis=0) / 2 ** n
+    p_greater = np.count_nonzero(null >= r_plus - gamma, axis=0) / 2 ** n
+    return np.minimum(r_plus, r_minus), np.clip(2 * np.minimum(p_less, p_greater), 0.0, 1.0)
+
+
 def paired_wilcoxon(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """scipy's two-sided Wilcoxon signed-rank test on each column of paired differences (n, pairs).
 
     Returns (statistic, p); NaN for columns whose differences are all zero. scipy's ``method='auto'`` picks
     the exact or the normal-approximation p once per call (normal if any column has ties or zeros), so tied
-    and tie-free columns go in separate calls: each column gets what a one-column call would give.
+    and tie-free columns go in separate calls: each column gets what a one-column call would give. Tied
+    columns of n <= 13 get scipy's exact sign-flip permutation p, computed by :func:`_sign_flip_wilcoxon`.
     """
     d = np.asarray(differences, dtype=float)
     statistic = np.full(d.shape[1], np.nan)
@@ -143,7 +167,11 @@ def paired_wilcoxon(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sorted_abs = np.sort(np.abs(d), axis=0)
     tied = np.any(d == 0, axis=0) | np.any(sorted_abs[1:] == sorted_abs[:-1], axis=0)
     for chosen in (tied & ~all_zero, ~tied & ~all_zero):
-        if chosen.any():
+        if not chosen.any():
+            continue
+        if tied[chosen].all() and d.shape[0] <= _PERMUTATION_MAX_N:
+            statistic[chosen], p[chosen] = _sign_flip_wilcoxon(d[:, chosen])
+        else:
             result = stats.wilcoxon(d[:, chosen], axis=0)
             statistic[chosen], p[chosen] = result.statistic, result.pvalue
     return statistic, p
