@@ -113,6 +113,13 @@ def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- post-hoc pairs
 
+def _signed_rank_sums(d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of |d| per column over the non-zero differences (zeros dropped, Wilcoxon's zero method,
+    and given rank 0), and the rank sums R+ and R- of the positive and the negative differences."""
+    ranks = np.nan_to_num(stats.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=0, nan_policy="omit"))
+    return ranks, np.where(d > 0, ranks, 0.0).sum(axis=0), np.where(d < 0, ranks, 0.0).sum(axis=0)
+
+
 def rank_biserial(differences: np.ndarray) -> np.ndarray:
     """Matched-pairs rank-biserial correlation (R+ - R-) / (R+ + R-) per column of paired differences.
 
@@ -120,10 +127,7 @@ def rank_biserial(differences: np.ndarray) -> np.ndarray:
     difference is positive, -1 when every one is negative, NaN when all are zero.
     """
     d = np.asarray(differences, dtype=float)
-    d = d[:, None] if d.ndim == 1 else d
-    ranks = stats.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=0, nan_policy="omit")
-    r_plus = np.where(d > 0, ranks, 0.0).sum(axis=0)
-    r_minus = np.where(d < 0, ranks, 0.0).sum(axis=0)
+    _, r_plus, r_minus = _signed_rank_sums(d[:, None] if d.ndim == 1 else d)
     total = r_plus + r_minus
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, (r_plus - r_minus) / total, np.nan)
@@ -140,9 +144,7 @@ def _sign_flip_wilcoxon(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     one of the 2**n sign assignments, p = min(1, 2 min(P(R+ <= r), P(R+ >= r))) with scipy's relative
     tolerance. Ranks are multiples of 1/2, so every sum is exact in float64."""
     n = d.shape[0]
-    ranks = np.nan_to_num(stats.rankdata(np.where(d == 0, np.nan, np.abs(d)), axis=0, nan_policy="omit"))
-    r_plus = np.where(d > 0, ranks, 0.0).sum(axis=0)
-    r_minus = np.where(d < 0, ranks, 0.0).sum(axis=0)
+    ranks, r_plus, r_minus = _signed_rank_sums(d)
     # a flip maps the positive set to any subset, so the null of R+ is every subset sum of the ranks
     subsets = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1
     null = subsets.astype(float) @ ranks
@@ -166,10 +168,10 @@ def paired_wilcoxon(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     all_zero = np.all(d == 0, axis=0)
     sorted_abs = np.sort(np.abs(d), axis=0)
     tied = np.any(d == 0, axis=0) | np.any(sorted_abs[1:] == sorted_abs[:-1], axis=0)
-    for chosen in (tied & ~all_zero, ~tied & ~all_zero):
+    for chosen, ties in ((tied & ~all_zero, True), (~tied & ~all_zero, False)):
         if not chosen.any():
             continue
-        if tied[chosen].all() and d.shape[0] <= _PERMUTATION_MAX_N:
+        if ties and d.shape[0] <= _PERMUTATION_MAX_N:
             statistic[chosen], p[chosen] = _sign_flip_wilcoxon(d[:, chosen])
         else:
             result = stats.wilcoxon(d[:, chosen], axis=0)
