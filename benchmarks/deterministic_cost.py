@@ -9,7 +9,6 @@ Usage: python benchmarks/deterministic_cost.py [--device cpu] [--threads 1] [--r
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -19,10 +18,10 @@ import torch
 import yaml
 
 from cambench.config import validate_config
-from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import compute_heatmaps, compute_metrics, generate_standin, prepare_dataset
+from cambench.pipeline import compute_heatmaps, compute_metrics
 from cambench.provenance import device_description
 from cambench.scripting import set_deterministic
+from job_inputs import standin_job_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,14 +43,9 @@ def main():
     common = dict(perturbation="none", level=0.0, split=cam["split"], seed=config["seed"], device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        standin = copy.deepcopy(dataset["standin"])
-        standin["counts"] = {**standin["counts"], "train": 1}
-        generate_standin(tmp / "standin", standin, seed=0)
-        data = tmp / "dataset.h5"
-        prepare_dataset("imagefolder", tmp / "standin" / "data", data, mask_root=tmp / "standin" / "masks")
-        torch.manual_seed(0)
-        save_checkpoint(tmp / "model.pt", build_model(spec["architecture"], **params).eval(), spec["architecture"], params)
-        compute_heatmaps(data, tmp / "model.pt", tmp / "heatmaps.h5", methods=methods, target_layer=spec["target_layer"],
+        standin = {**dataset["standin"], "counts": {**dataset["standin"]["counts"], "train": 1}}
+        data, checkpoint, _ = standin_job_inputs(tmp, standin, spec["architecture"], params)
+        compute_heatmaps(data, checkpoint, tmp / "heatmaps.h5", methods=methods, target_layer=spec["target_layer"],
                          class_source=cam["class_source"], batch_size=cam["batch_size"], dtype=cam["dtype"],
                          memory_mb=cam["memory_mb"], **common)
         print(f"device: {device_description(torch.device(args.device))}")
@@ -60,7 +54,7 @@ def main():
             for deterministic in (True, False):
                 set_deterministic(deterministic)
                 start = time.perf_counter()
-                compute_metrics(data, tmp / "model.pt", tmp / "heatmaps.h5", tmp / "heatmaps.h5",
+                compute_metrics(data, checkpoint, tmp / "heatmaps.h5", tmp / "heatmaps.h5",
                                 tmp / f"metrics-{deterministic}.parquet", metrics=met["compute"], score=met["score"],
                                 memory_mb=met["memory_mb"], dataset=name, model="shapes_cnn",
                                 batch_size=cam["batch_size"], **common)

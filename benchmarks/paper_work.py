@@ -26,7 +26,6 @@ Usage: python benchmarks/paper_work.py [--device cpu] [--size 64] [--images 4] [
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import tempfile
@@ -41,10 +40,9 @@ from torch.utils.flop_counter import flop_registry
 
 from cambench.config import perturbation_sweep, validate_config
 from cambench.metrics import METRICS
-from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import (compute_heatmaps, compute_metrics, generate_standin, perturbed_pixels,
-                               prepare_dataset, read_shard)
+from cambench.pipeline import compute_heatmaps, compute_metrics, perturbed_pixels, read_shard
 from cambench.provenance import device_description
+from job_inputs import standin_job_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # The kinds whose jobs differ in model work: the clean level (no robustness metrics), a noise kind
@@ -128,14 +126,9 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        generate_standin(tmp / "standin", copy.deepcopy(dataset["standin"]), seed=0)
-        data = tmp / "dataset.h5"
-        prepare_dataset("imagefolder", tmp / "standin" / "data", data, mask_root=tmp / "standin" / "masks")
-        torch.manual_seed(0)
-        model = build_model(model_spec["architecture"], n_classes=len(dataset["standin"]["classes"]))
-        save_checkpoint(tmp / "model.pt", model.eval(), model_spec["architecture"], {"n_classes": 4})
-
-        net = model.to(dev).eval()
+        data, checkpoint, model = standin_job_inputs(tmp, dataset["standin"], model_spec["architecture"],
+                                                     {"n_classes": len(dataset["standin"]["classes"])})
+        net = model.to(dev)
         one = torch.rand(1, 3, args.size, args.size, device=dev)
         with torch.no_grad():
             forward_flops, _ = counted(lambda: net(one), sync)
@@ -161,11 +154,11 @@ def main():
                           device=args.device, perturbation_params=pparams)
             jobs = {
                 "heatmaps": lambda: compute_heatmaps(
-                    data, tmp / "model.pt", heat, methods=cam["methods"], target_layer=model_spec["target_layer"],
+                    data, checkpoint, heat, methods=cam["methods"], target_layer=model_spec["target_layer"],
                     class_source=cam["class_source"], batch_size=cam["batch_size"], dtype=cam["dtype"],
                     memory_mb=cam["memory_mb"], **common),
                 "metrics": lambda: compute_metrics(
-                    data, tmp / "model.pt", heat, tmp / "none.h5", tmp / f"{kind}.parquet", metrics=met["compute"],
+                    data, checkpoint, heat, tmp / "none.h5", tmp / f"{kind}.parquet", metrics=met["compute"],
                     score=met["score"], memory_mb=met["memory_mb"], dataset=name, model=model_name,
                     batch_size=cam["batch_size"], **common),
             }
