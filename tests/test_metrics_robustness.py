@@ -7,7 +7,7 @@ import torch
 from scipy import stats
 
 import cambench
-from cambench.metrics import MetricInputs, evaluate_applies, explain_maps
+from cambench.metrics import MetricInputs, evaluate_applies, explained_batches
 from cambench.metrics.robustness import (average_ranks, combine_robustness, cosine, spearman, spearman_abs,
                                          topk_iou)
 from cambench.metrics.sanity import cascade_order, randomised_copy
@@ -214,7 +214,8 @@ def test_cascade_order_and_scopes(net):
 def test_mprt_model_independent_control_keeps_similarity_one(net, images, monkeypatch):
     """methods.md §6.20: an explanation that ignores the model keeps similarity 1."""
     from cambench.metrics import sanity
-    monkeypatch.setattr(sanity, "explain_maps", lambda x, imgs, model=None: imgs.mean(dim=1))
+    monkeypatch.setattr(sanity, "explained_batches",
+                        lambda x, methods, imgs, model=None: iter([(slice(None), {m: imgs.mean(dim=1) for m in methods})]))
     out = cambench.evaluate(net, images, images.mean(dim=1), "mprt", targets=torch.zeros(6), **_fields())
     assert torch.allclose(out, torch.ones(6), atol=1e-6)
 
@@ -232,10 +233,45 @@ def test_mprt_gradcam_loses_similarity_under_full_randomisation(net, images):
     assert not torch.equal(net.fc.weight, randomised_copy(net, ["fc"], 1).fc.weight)  # the model is untouched
 
 
-def test_explain_maps_batches_like_one_pass(net, images):
+def test_explained_batches_cover_every_image_like_one_pass(net, images):
     targets = net(images).argmax(1)
     x = MetricInputs(images, images[:, 0], targets, model=net, batch_size=4, **_fields())
-    assert torch.allclose(explain_maps(x, images), _explained(net, images, targets=targets), atol=1e-6)
+    batches = list(explained_batches(x, {"gradcam": {}, "gradcampp": {}}, images))
+    assert [rows for rows, _ in batches] == [slice(0, 4), slice(4, 6)]
+    for method in ("gradcam", "gradcampp"):
+        joined = torch.cat([maps[method] for _, maps in batches])
+        assert torch.allclose(joined, _explained(net, images, method, targets=targets), atol=1e-6)
+
+
+@pytest.mark.parametrize("metric, params", [("max_sensitivity", {"samples": 2, "radius": 0.05}),
+                                            ("mprt", {"similarity": "ssim"}), ("mprt", {"depth": 1})])
+def test_a_table_of_methods_is_re_explained_in_shared_passes_with_the_same_values(net, images, monkeypatch,
+                                                                                   metric, params):
+    """In a table (cache + table_methods), one engine pass per batch serves every method; each method's
+    value equals the one computed for it alone, bit for bit."""
+    import cambench.engine
+    targets = net(images).argmax(1)
+    specs = {"gradcam": {}, "scorecam": {}, "eigencam": {}, "sc": {"method": "scorecam", "variant": "pgc"},
+             "metacam": {"components": ["gradcam", "scorecam"], "k": 20}}
+    stored = cambench.explain_many(net, images, specs, "features.relu2", targets).maps
+    calls = []
+    real = cambench.engine.explain_many
+    monkeypatch.setattr(cambench.engine, "explain_many",
+                        lambda *a, **k: calls.append(sorted(a[2])) or real(*a, **k))
+
+    def each(**table):
+        return {m: cambench.evaluate(net, images, stored[m], metric, targets=targets,
+                                     **_fields(m, p, batch_size=4), **table, **params) for m, p in specs.items()}
+
+    alone = each()
+    passes_alone = len(calls)
+    calls.clear()
+    shared = each(cache={}, table_methods={m: (p, stored[m]) for m, p in specs.items()})
+    assert passes_alone == len(specs) * len(calls)          # one pass per batch (and draw) for all five
+    assert all(c == sorted(specs) for c in calls)
+    for m in specs:
+        assert torch.equal(shared[m], alone[m]), m
+    assert not torch.equal(shared["gradcam"], shared["eigencam"])   # each method gets its own values
 
 
 def test_axioms_from_stored_terms_equal_recomputed(net, images):

@@ -332,7 +332,9 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     clean_predictions = clean.predictions if clean is not None else hm.predictions
     shared = {"masks": masks, "fill": images.new_tensor(ds.mean), "memory_mb": memory_mb, "predictions": predictions,
               "target_layer": layer, "network": net, "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
-              "batch_size": batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev)}
+              "batch_size": batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev),
+              # re-explaining metrics (max-sensitivity, MPRT) explain every method in one pass
+              "table_methods": {m: (method_specs.get(m, {}), torch.from_numpy(maps)) for m, maps in hm.maps.items()}}
     if clean is not None:
         shared["reference_predictions"] = torch.from_numpy(clean.predictions).to(dev)
     frames = []

@@ -7,6 +7,7 @@ returns NaN for the others; the tidy tables leave those rows out instead of writ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,9 @@ class MetricInputs:
     keys: Tensor | None = None              # (N,) stable per-image integer keys (noise of a metric)
     batch_size: int = 64                    # images per CAM pass when a metric re-explains
     cache: dict | None = None               # shared across the methods of one table (method-free terms)
+    # Every method of the table: label -> (parameters, its heatmaps (N, *S), on any device). With
+    # ``cache``, metrics that re-explain images explain all of them in the same engine passes.
+    table_methods: Mapping[str, tuple[dict, Tensor]] | None = None
     # What the heatmap file stored for this method (the axioms read them instead of recomputing):
     raw: Tensor | None = None               # (N, *s) signed map at feature resolution
     scores: Tensor | None = None            # (N,) target logits the maps were computed from
@@ -68,18 +72,43 @@ def model_scores(model: nn.Module, images: Tensor, targets: Tensor, score: str) 
     return logits.gather(1, targets[:, None]).squeeze(1)
 
 
-def explain_maps(x: MetricInputs, images: Tensor, model: nn.Module | None = None) -> Tensor:
-    """Heatmaps (N, *S) of ``x``'s method for ``images`` and ``x.targets``, by the CAM engine in
-    batches of ``x.batch_size`` (``model`` defaults to the unmodified network)."""
+def explained_batches(x: MetricInputs, methods: Mapping[str, dict], images: Tensor,
+                      model: nn.Module | None = None) -> Iterator[tuple[slice, dict[str, Tensor]]]:
+    """``(rows, {label: maps (B, *S)})`` for ``images`` and ``x.targets`` in batches of
+    ``x.batch_size``: one engine pass per batch serves every method of ``methods`` (one forward and
+    backward for the gradient family, a MetaCAM member computed once). ``model`` defaults to the
+    unmodified network."""
     from ..engine import explain_many  # the engine imports nothing from the metrics; keep it that way
-    if x.method is None or x.target_layer is None:
+    if x.target_layer is None:
         raise ValueError("this metric re-explains images: give method, method_params and target_layer")
     net = model if model is not None else (x.network if x.network is not None else x.model)
-    spec = {x.method: dict(x.method_params or {})}
-    n = images.shape[0]
-    return torch.cat([explain_many(net, images[i:i + x.batch_size], spec, x.target_layer,
-                                   x.targets[i:i + x.batch_size], memory_mb=x.memory_mb).maps[x.method]
-                      for i in range(0, n, x.batch_size)]) if n else images.new_zeros((0,) + images.shape[2:])
+    for i in range(0, images.shape[0], x.batch_size):
+        rows = slice(i, min(i + x.batch_size, images.shape[0]))
+        yield rows, explain_many(net, images[rows], methods, x.target_layer, x.targets[rows],
+                                 memory_mb=x.memory_mb).maps
+
+
+def per_method_values(x: MetricInputs, key: tuple,
+                      compute: Callable[[dict[str, dict], dict[str, Tensor]], dict[str, Tensor]]) -> Tensor:
+    """Values (N,) of ``x.method`` from ``compute(methods, heatmaps)``, which returns values for
+    every method it is given (label -> parameters, label -> stored heatmaps).
+
+    Within a table (``x.table_methods`` and ``x.cache`` set) ``compute`` runs once, for all the
+    table's methods, so that they share the engine passes; the other methods' values wait in the
+    cache under ``key`` (which must hold every parameter of the metric), next to the images and
+    targets they belong to. Outside a table, ``compute`` sees ``x``'s method alone.
+    """
+    if x.method is None:
+        raise ValueError("this metric re-explains images: give method, method_params and target_layer")
+    table = x.table_methods
+    if table is None or x.cache is None or x.method not in table:
+        return compute({x.method: dict(x.method_params or {})}, {x.method: x.heatmaps})[x.method]
+    entry = x.cache.get(key)
+    # keyed by the very tensors, not their id(): a freed tensor's id can come back for new data
+    if entry is None or entry[0] is not x.images or entry[1] is not x.targets:
+        values = compute({m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()})
+        entry = x.cache[key] = (x.images, x.targets, values)
+    return entry[2][x.method]
 
 
 def chunk_size(per_item_bytes: int, memory_mb: float) -> int:
@@ -141,4 +170,5 @@ def metrics() -> list[str]:
 
 from . import axioms, complexity, faithfulness, localisation, road, robustness, sanity  # noqa: E402,F401  (registration)
 
-__all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores"]
+__all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores",
+           "explained_batches", "per_method_values"]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..perturbations import _uniform, perturbation_keys
-from . import MetricInputs, explain_maps, register_metric
+from . import MetricInputs, explained_batches, per_method_values, register_metric
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,20 +243,29 @@ def max_sensitivity(x: MetricInputs, radius: float = 0.02, samples: int = 10, no
 
     Φ(x) is the given heatmap (the stored one in the workflow; its float16 rounding, ~5e-4 of a map
     value, is far below the changes measured), so each draw costs one CAM pass. ``seed`` selects
-    the draws. ``normalise`` divides by ||Φ(x)|| (captum and Quantus do; a zero map divides by 1). Noise comes from the counter generator keyed by image, so the value does
-    not depend on the batch. Cost: ``samples`` extra CAM computations per image.
+    the draws. ``normalise`` divides by ||Φ(x)|| (captum and Quantus do; a zero map divides by 1).
+    Noise comes from the counter generator keyed by image, so the value does not depend on the
+    batch. Cost: ``samples`` extra CAM computations per image; in a table of several methods, each
+    draw is one engine pass for all of them (:func:`~cambench.metrics.per_method_values`).
     """
     x.require("method", metric="max_sensitivity")
     if radius <= 0 or samples < 1:
         raise ValueError(f"max_sensitivity: radius must be > 0 and samples >= 1, got {radius}, {samples}")
     keys = x.image_keys()
-    base = x.heatmaps.flatten(1).double()
-    norm = base.norm(dim=1)
-    norm = torch.where(norm == 0, torch.ones_like(norm), norm) if normalise else torch.ones_like(norm)
-    worst = torch.zeros(x.images.shape[0], dtype=torch.float64, device=x.images.device)
-    for j in range(samples):  # one CAM pass per draw over the whole batch
-        k = perturbation_keys(keys, "max_sensitivity", float(j), seed)
-        delta = (2 * _uniform(k, tuple(x.images.shape[1:]), 7) - 1).to(x.images) * radius
-        maps = explain_maps(x, x.images + delta).flatten(1).double()
-        worst = torch.maximum(worst, (maps - base).norm(dim=1) / norm)
-    return worst.float()
+    n, dev = x.images.shape[0], x.images.device
+
+    def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, Tensor]:
+        worst = {m: torch.zeros(n, dtype=torch.float64, device=dev) for m in methods}
+        for j in range(samples):  # one engine pass per draw over the whole batch, for every method
+            k = perturbation_keys(keys, "max_sensitivity", float(j), seed)
+            delta = (2 * _uniform(k, tuple(x.images.shape[1:]), 7) - 1).to(x.images) * radius
+            for rows, maps in explained_batches(x, methods, x.images + delta):
+                for m, explained in maps.items():
+                    base = heatmaps[m][rows].to(dev).flatten(1).double()
+                    norm = base.norm(dim=1)
+                    norm = torch.where(norm == 0, torch.ones_like(norm), norm) if normalise else torch.ones_like(norm)
+                    change = (explained.flatten(1).double() - base).norm(dim=1) / norm
+                    worst[m][rows] = torch.maximum(worst[m][rows], change)
+        return {m: w.float() for m, w in worst.items()}
+
+    return per_method_values(x, ("max_sensitivity", radius, samples, normalise, seed), compute)

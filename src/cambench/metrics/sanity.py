@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import resolve_layer
-from . import MetricInputs, explain_maps, register_metric
+from . import MetricInputs, explained_batches, per_method_values, register_metric
 from .robustness import similarity as map_similarity
 
 SCOPES = ("all", "above", "below")
@@ -87,5 +87,15 @@ def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = 
     cache = x.cache if x.cache is not None else {}
     if key not in cache:
         cache[key] = randomised_copy(net, layers, seed).eval()
-    randomised = explain_maps(x, x.images, model=cache[key])
-    return map_similarity(similarity, x.heatmaps.float(), randomised, "mprt", top_percent)
+    randomised = cache[key]
+    n, dev = x.images.shape[0], x.images.device
+
+    def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {m: torch.empty(n, device=dev) for m in methods}
+        for rows, maps in explained_batches(x, methods, x.images, model=randomised):
+            for m, explained in maps.items():
+                out[m][rows] = map_similarity(similarity, heatmaps[m][rows].to(dev).float(), explained, "mprt",
+                                              top_percent).float()
+        return out
+
+    return per_method_values(x, ("mprt", tuple(layers), seed, similarity, top_percent), compute)
