@@ -504,3 +504,47 @@ def test_cuda_matches_cpu():
                                     fill=fill.cuda(), **params)
             model.cpu()
             torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3, equal_nan=True, msg=metric)
+
+
+def test_a_table_computes_the_images_logits_once_and_shares_each_maps_logits(monkeypatch):
+    """In a table (one cache for every method), the images' logits are computed once, and the
+    explanation / ablation images of a map once for the metrics that read them; the values are
+    those computed without a cache."""
+    import importlib
+    metrics_module = importlib.import_module("cambench.metrics")
+
+    class Counting(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.rows = model, 0
+
+        def forward(self, x):
+            self.rows += x.shape[0]
+            return self.model(x)
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", n_classes=4, in_channels=3, mean=[.5] * 3, std=[.25] * 3, widths=[8, 8, 8, 8])
+    images = torch.rand(5, 3, 16, 16)
+    maps = {"a": torch.rand(5, 16, 16), "b": torch.rand(5, 16, 16)}
+    targets = torch.tensor([0, 1, 2, 3, 0])
+    counting = Counting(model)  # the metrics' model (the table's one inference copy), counting its input rows
+    monkeypatch.setattr(metrics_module, "inference_copy", lambda m, imgs: (counting, False))
+    names = ("average_drop", "increase_in_confidence", "average_gain", "ablation_drop", "ablation_flip", "road_morf")
+
+    def table(cache):
+        counting.rows = 0
+        values = {(m, name): cambench.evaluate(model, images, maps[m], name, targets=targets, fill=torch.full((3,), .5),
+                                               cache=cache, **({"percentiles": [50]} if name == "road_morf" else {}))
+                  for m in maps for name in names}
+        return values, counting.rows
+
+    alone, rows_alone = table(None)
+    shared, rows_shared = table({})
+    n = images.shape[0]
+    road_rows = 2 * n  # one imputed image per (image, order) at one percentile, for each map
+    # without a cache: the images and one modified stack per metric; with one: the images once, then
+    # per map one explanation stack and one ablation stack (ablation_flip reads ablation_drop's)
+    assert rows_alone == 2 * (5 * 2 * n + road_rows + n)
+    assert rows_shared == n + 2 * (2 * n + road_rows)
+    for key, value in alone.items():
+        assert torch.equal(torch.nan_to_num(shared[key], nan=-1.0), torch.nan_to_num(value, nan=-1.0)), key

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 import torch
@@ -62,14 +63,18 @@ class MetricInputs:
             raise ValueError(f"metric '{metric}' needs {', '.join(missing)}")
 
 
-def model_scores(model: nn.Module, images: Tensor, targets: Tensor, score: str) -> Tensor:
-    """Target scores (N,) of a batch: softmax probability or logit."""
+def target_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
+    """Target scores (N,) from logits (N, K): softmax probability or logit."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    logits = model(images)
     if score == "prob":
         logits = logits.softmax(dim=1)
     return logits.gather(1, targets[:, None]).squeeze(1)
+
+
+def model_scores(model: nn.Module, images: Tensor, targets: Tensor, score: str) -> Tensor:
+    """Target scores (N,) of a batch: softmax probability or logit."""
+    return target_scores(model(images), targets, score)
 
 
 def explained_batches(x: MetricInputs, methods: Mapping[str, dict], images: Tensor,
@@ -88,6 +93,32 @@ def explained_batches(x: MetricInputs, methods: Mapping[str, dict], images: Tens
                                  memory_mb=x.memory_mb).maps
 
 
+def table_cached(x: MetricInputs, key: tuple, anchors: tuple[Tensor, ...], compute: Callable[[], Any]) -> Any:
+    """``compute()`` once per table (``x.cache``) for these very tensors ``anchors`` (the images,
+    targets or maps it depends on); without a cache, every call computes.
+
+    The entry keeps its anchors and is reused only for the same objects: an id() alone can come
+    back for the next method's freshly loaded maps once the previous ones are freed.
+    """
+    if x.cache is None:
+        return compute()
+    entry = x.cache.get(key)
+    if entry is None or len(entry[0]) != len(anchors) or any(a is not b for a, b in zip(entry[0], anchors)):
+        entry = x.cache[key] = (anchors, compute())
+    return entry[1]
+
+
+def batched_logits(x: MetricInputs, images: Tensor) -> Tensor:
+    """Logits (M, K) of a stack of images by ``x.model``, in chunks within the memory budget."""
+    step = chunk_size(math.prod(images.shape[1:]) * images.element_size() * 4, x.memory_mb)
+    return torch.cat([x.model(images[i:i + step]) for i in range(0, max(images.shape[0], 1), step)])
+
+
+def model_logits(x: MetricInputs) -> Tensor:
+    """Logits (N, K) of ``x.images`` themselves: computed once per table, read by many metrics."""
+    return table_cached(x, ("model_logits",), (x.images, x.model), lambda: batched_logits(x, x.images))
+
+
 def per_method_values(x: MetricInputs, key: tuple,
                       compute: Callable[[dict[str, dict], dict[str, Tensor]], dict[str, Tensor]]) -> Tensor:
     """Values (N,) of ``x.method`` from ``compute(methods, heatmaps)``, which returns values for
@@ -95,20 +126,17 @@ def per_method_values(x: MetricInputs, key: tuple,
 
     Within a table (``x.table_methods`` and ``x.cache`` set) ``compute`` runs once, for all the
     table's methods, so that they share the engine passes; the other methods' values wait in the
-    cache under ``key`` (which must hold every parameter of the metric), next to the images and
-    targets they belong to. Outside a table, ``compute`` sees ``x``'s method alone.
+    cache under ``key`` (which must hold every parameter of the metric) for their turn. Outside a
+    table, ``compute`` sees ``x``'s method alone.
     """
     if x.method is None:
         raise ValueError("this metric re-explains images: give method, method_params and target_layer")
     table = x.table_methods
     if table is None or x.cache is None or x.method not in table:
         return compute({x.method: dict(x.method_params or {})}, {x.method: x.heatmaps})[x.method]
-    entry = x.cache.get(key)
-    # keyed by the very tensors, not their id(): a freed tensor's id can come back for new data
-    if entry is None or entry[0] is not x.images or entry[1] is not x.targets:
-        values = compute({m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()})
-        entry = x.cache[key] = (x.images, x.targets, values)
-    return entry[2][x.method]
+    values = table_cached(x, key, (x.images, x.targets), lambda: compute(
+        {m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()}))
+    return values[x.method]
 
 
 def chunk_size(per_item_bytes: int, memory_mb: float) -> int:
@@ -171,4 +199,4 @@ def metrics() -> list[str]:
 from . import axioms, complexity, faithfulness, localisation, road, robustness, sanity  # noqa: E402,F401  (registration)
 
 __all__ = ["METRICS", "MetricInputs", "evaluate", "evaluate_applies", "metrics", "register_metric", "model_scores",
-           "explained_batches", "per_method_values"]
+           "explained_batches", "per_method_values", "table_cached", "batched_logits", "model_logits", "target_scores"]

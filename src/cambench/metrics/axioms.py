@@ -27,7 +27,7 @@ from torch import Tensor
 from ..engine import capture, method_terms
 from ..methods.perturbation import ablated_scores
 from ..utils import eval_mode
-from . import MetricInputs, register_metric
+from . import MetricInputs, register_metric, table_cached
 
 _SCORE_EPS = 1e-12
 
@@ -56,11 +56,7 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
     set to 0, and the channel sums of the activations. Method-free: computed once per image set."""
     if x.target_layer is None:
         raise ValueError("the sensitivity axiom needs target_layer")
-    # Reused only for the very same images and targets (kept in the entry; an id() can be reused).
-    key = ("channel_terms", x.target_layer)
-    cache = x.cache if x.cache is not None else {}
-    entry = cache.get(key)
-    if entry is None or entry[0] is not x.images or not torch.equal(entry[1], x.targets):
+    def compute() -> tuple[Tensor, Tensor]:
         net = x.network if x.network is not None else x.model
         drops, sums = [], []
         for i in range(0, x.images.shape[0], x.batch_size):
@@ -70,8 +66,9 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
                 zeros = inputs.activations.new_zeros(inputs.activations.shape[0])
                 drops.append(inputs.scores.double()[:, None] - ablated_scores(inputs, zeros).double())
                 sums.append(inputs.activations.flatten(2).double().sum(dim=2))
-        entry = cache[key] = (x.images, x.targets.clone(), torch.cat(drops), torch.cat(sums))
-    return entry[2], entry[3]
+        return torch.cat(drops), torch.cat(sums)
+
+    return table_cached(x, ("channel_terms", x.target_layer), (x.images, x.targets), compute)
 
 
 @register_metric("conservation_residual", needs=("model", "method"), higher_is_better=False, family="axioms",

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import SCORES, MetricInputs, chunk_size, register_metric
+from . import (SCORES, MetricInputs, batched_logits, chunk_size, model_logits, register_metric, table_cached,
+               target_scores)
 
 SUBSTRATES = ("mean", "zero", "blur")
 BLUR_PADDINGS = ("mean", "reflect")
@@ -41,16 +42,6 @@ def _check_score(score: str, metric: str) -> None:
 def _scores_of(logits: Tensor, score: str) -> Tensor:
     """All class scores (B, K): softmax probabilities or the logits themselves."""
     return logits.softmax(dim=1) if score == "prob" else logits
-
-
-def _target_scores(logits: Tensor, targets: Tensor, score: str) -> Tensor:
-    return _scores_of(logits, score).gather(1, targets[:, None]).squeeze(1)
-
-
-def _batched_logits(x: MetricInputs, images: Tensor) -> Tensor:
-    """Logits (M, K) of a stack of images, in chunks within the memory budget."""
-    step = chunk_size(math.prod(images.shape[1:]) * images.element_size() * 4, x.memory_mb)
-    return torch.cat([x.model(images[i:i + step]) for i in range(0, max(images.shape[0], 1), step)])
 
 
 def saliency_rank(heatmaps: Tensor) -> Tensor:
@@ -109,7 +100,7 @@ def removal_curve(x: MetricInputs, steps: int, base: Tensor, replacement: Tensor
     per_step = math.ceil(p / steps)
     counts = (torch.arange(steps + 1, device=x.images.device) * per_step).clamp_max(p)
     return composite_outputs(x, base, replacement, counts,
-                             lambda logits, img: _target_scores(logits, x.targets[img], score))
+                             lambda logits, img: target_scores(logits, x.targets[img], score))
 
 
 def trapezoid_auc(curve: Tensor) -> Tensor:
@@ -264,18 +255,20 @@ def explanation_scores(x: MetricInputs, multiply_space: str, score: str, metric:
     _check_score(score, metric)
     if multiply_space not in MULTIPLY_SPACES:
         raise ValueError(f"{metric}: multiply_space must be one of {MULTIPLY_SPACES}, got {multiply_space!r}")
-    maps = x.heatmaps.unsqueeze(1).to(x.images)
-    if multiply_space == "normalised":
-        if x.fill is None:
-            raise ValueError(f"{metric}: multiply_space 'normalised' needs the dataset mean colour (fill)")
-        centre = x.fill.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
-        explained = centre + maps * (x.images - centre)
-    else:
-        explained = maps * x.images
-    n = x.images.shape[0]
-    logits = _batched_logits(x, torch.cat([x.images, explained]))
-    values = _target_scores(logits, x.targets.repeat(2), score).float()
-    return values[:n], values[n:]
+    if multiply_space == "normalised" and x.fill is None:
+        raise ValueError(f"{metric}: multiply_space 'normalised' needs the dataset mean colour (fill)")
+
+    def explained_logits() -> Tensor:
+        maps = x.heatmaps.unsqueeze(1).to(x.images)
+        if multiply_space == "normalised":
+            centre = x.fill.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
+            return batched_logits(x, centre + maps * (x.images - centre))
+        return batched_logits(x, maps * x.images)
+
+    # average_drop, increase_in_confidence and average_gain read the same two sets of logits
+    explained = table_cached(x, ("explanation_logits", multiply_space), (x.heatmaps, x.images), explained_logits)
+    return (target_scores(model_logits(x), x.targets, score).float(),
+            target_scores(explained, x.targets, score).float())
 
 
 _DOC_AD = """
@@ -358,7 +351,7 @@ def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = 
     if reference_class not in REFERENCE_CLASSES:
         raise ValueError(f"{metric}: reference_class must be one of {REFERENCE_CLASSES}, got {reference_class!r}")
     colour = _substrate(x, mask_value, "mean", metric, allowed=("mean", "zero"), param="mask_value")
-    clean_logits = _batched_logits(x, x.images)
+    clean_logits = model_logits(x)
     n_classes = clean_logits.shape[1]
     if n_classes < 2:
         raise ValueError(f"{metric}: needs a model with at least 2 classes, got {n_classes}")
@@ -392,13 +385,16 @@ def _ablation_logits(x: MetricInputs, threshold: float, substrate: str, blur_pad
     """Logits (N, K) of the images and of the images with the region R filled."""
     x.require("model", metric=metric)
     region = _ablation_region(x, threshold, metric).unsqueeze(1)
-    colour = _substrate(x, substrate, blur_padding, metric, allowed=("blur", "mean"))
-    if colour.ndim == 1:
-        colour = colour.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
-    ablated = torch.where(region, colour.to(x.images), x.images)
-    n = x.images.shape[0]
-    logits = _batched_logits(x, torch.cat([x.images, ablated]))
-    return logits[:n], logits[n:]
+
+    def ablated_logits() -> Tensor:
+        colour = _substrate(x, substrate, blur_padding, metric, allowed=("blur", "mean"))
+        if colour.ndim == 1:
+            colour = colour.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
+        return batched_logits(x, torch.where(region, colour.to(x.images), x.images))
+
+    # ablation_drop and ablation_flip read the same logits
+    key = ("ablation_logits", threshold, substrate, blur_padding)
+    return model_logits(x), table_cached(x, key, (x.heatmaps, x.images), ablated_logits)
 
 
 _DOC_ABLATION = """
@@ -425,7 +421,7 @@ def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blu
                   score: str = "prob") -> Tensor:
     _check_score(score, "ablation_drop")
     before, after = _ablation_logits(x, threshold, substrate, blur_padding, "ablation_drop")
-    return (_target_scores(before, x.targets, score) - _target_scores(after, x.targets, score)).float()
+    return (target_scores(before, x.targets, score) - target_scores(after, x.targets, score)).float()
 
 
 @register_metric("ablation_flip", needs=("model",), higher_is_better=True, family="faithfulness",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import MetricInputs, chunk_size, model_scores, register_metric
+from . import MetricInputs, chunk_size, model_logits, model_scores, register_metric, table_cached, target_scores
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 EDGE_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12   # reference imputer's neighbour weights (2D)
@@ -384,19 +384,13 @@ _DOC_PARAMS = """
 def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) -> tuple[Tensor, Tensor]:
     # Both orders are imputed and scored once per (heatmaps, parameters) and shared by road_morf,
     # road_lerf and road_combined through the table's cache (the workflow computes all three).
-    # The entry keeps the heatmaps it was computed from and is reused only for that very tensor:
-    # an id() alone can be reused by the next method's maps once the previous ones are freed.
-    key = ("road", repr(sorted(params.items())))
-    cache = x.cache if x.cache is not None else {}
-    entry = cache.get(key)
-    if entry is None or entry[0] is not x.heatmaps:
+    def both_orders() -> tuple[Tensor, Tensor]:
         scores, defined = road_scores(x, ORDERS, metric=metric, **params)
-        entry = cache[key] = (x.heatmaps, scores.mean(dim=2), defined)  # (N, [morf, lerf])
-    _, mean, defined = entry
+        return scores.mean(dim=2), defined  # (N, [morf, lerf])
+
+    mean, defined = table_cached(x, ("road", repr(sorted(params.items()))), (x.heatmaps, x.images), both_orders)
     if orders == ("morf",) or orders == ("lerf",):
-        step = chunk_size(x.images[0].numel() * x.images.element_size() * ROAD_MEMORY_FACTOR, x.memory_mb)
-        original = torch.cat([model_scores(x.model, x.images[i:i + step], x.targets[i:i + step], params["score"])
-                              for i in range(0, x.images.shape[0], step)]).float()
+        original = target_scores(model_logits(x), x.targets, params["score"]).float()
         return mean[:, ORDERS.index(orders[0])] - original, defined
     return (mean[:, 1] - mean[:, 0]) / 2, defined
 
