@@ -8,8 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import yaml
+
+from cambench.config import validate_config
 from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import generate_standin, prepare_dataset
+from cambench.pipeline import compute_heatmaps, generate_standin, prepare_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def standin_job_inputs(folder: Path, standin: dict, architecture: str, params: dict) -> tuple[Path, Path, nn.Module]:
@@ -21,3 +26,26 @@ def standin_job_inputs(folder: Path, standin: dict, architecture: str, params: d
     model = build_model(architecture, **params).eval()
     save_checkpoint(checkpoint, model, architecture, params)
     return data, checkpoint, model
+
+
+def default_metric_job(folder: Path, device: str) -> dict:
+    """The default config's clean-level metric job for ``shapes_cnn``, ready to run: its stand-in
+    test images (80), a random-weight checkpoint and the clean heatmaps of every method the job can
+    explain alone (SyCAM's expression comes from a search rule and AME-CAM needs the multi-exit
+    model: both left out). Returns ``compute_metrics``' keyword arguments but ``output``."""
+    config = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
+                             ROOT / "config" / "schema.yaml", ROOT)
+    (name, dataset), = config["datasets"].items()
+    spec, cam, met = config["models"]["shapes_cnn"], config["cam"], config["metrics"]
+    methods = {m: p for m, p in cam["methods"].items() if m not in ("sycam", "amecam")}
+    params = {"n_classes": len(dataset["standin"]["classes"]), **spec.get("params", {})}
+    common = dict(perturbation="none", level=0.0, split=cam["split"], seed=config["seed"], device=device)
+    standin = {**dataset["standin"], "counts": {**dataset["standin"]["counts"], "train": 1}}
+    data, checkpoint, _ = standin_job_inputs(folder, standin, spec["architecture"], params)
+    heatmaps = folder / "heatmaps.h5"
+    compute_heatmaps(data, checkpoint, heatmaps, methods=methods, target_layer=spec["target_layer"],
+                     class_source=cam["class_source"], batch_size=cam["batch_size"], dtype=cam["dtype"],
+                     memory_mb=cam["memory_mb"], **common)
+    return dict(dataset_path=data, model_path=checkpoint, heatmaps_path=heatmaps, clean_heatmaps_path=heatmaps,
+                metrics=met["compute"], score=met["score"], memory_mb=met["memory_mb"], dataset=name,
+                model="shapes_cnn", batch_size=cam["batch_size"], **common)
