@@ -259,8 +259,8 @@ def test_a_table_of_methods_is_re_explained_in_shared_passes_with_the_same_value
     monkeypatch.setattr(cambench.engine, "explain_many",
                         lambda *a, **k: calls.append(sorted(a[2])) or real(*a, **k))
 
-    def each(**table):
-        return {m: cambench.evaluate(net, images, stored[m], metric, targets=targets,
+    def each(**table):  # targets rebuilt for every call, as a caller may: equal values share the passes
+        return {m: cambench.evaluate(net, images, stored[m], metric, targets=targets.clone(),
                                      **_fields(m, p, batch_size=4), **table, **params) for m, p in specs.items()}
 
     alone = each()

@@ -93,9 +93,11 @@ def explained_batches(x: MetricInputs, methods: Mapping[str, dict], images: Tens
                                  memory_mb=x.memory_mb).maps
 
 
-def table_cached(x: MetricInputs, key: tuple, anchors: tuple[Tensor, ...], compute: Callable[[], Any]) -> Any:
-    """``compute()`` once per table (``x.cache``) for these very tensors ``anchors`` (the images,
-    targets or maps it depends on); without a cache, every call computes.
+def table_cached(x: MetricInputs, key: tuple, anchors: tuple[Tensor, ...], compute: Callable[[], Any],
+                 equal: tuple[Tensor, ...] = ()) -> Any:
+    """``compute()`` once per table (``x.cache``) for these very tensors ``anchors`` (the images or
+    maps it depends on) and tensors equal to ``equal`` (e.g. targets, which a caller may rebuild
+    for every call); without a cache, every call computes.
 
     The entry keeps its anchors and is reused only for the same objects: an id() alone can come
     back for the next method's freshly loaded maps once the previous ones are freed.
@@ -103,9 +105,10 @@ def table_cached(x: MetricInputs, key: tuple, anchors: tuple[Tensor, ...], compu
     if x.cache is None:
         return compute()
     entry = x.cache.get(key)
-    if entry is None or len(entry[0]) != len(anchors) or any(a is not b for a, b in zip(entry[0], anchors)):
-        entry = x.cache[key] = (anchors, compute())
-    return entry[1]
+    if (entry is None or len(entry[0]) != len(anchors) or any(a is not b for a, b in zip(entry[0], anchors))
+            or len(entry[1]) != len(equal) or not all(torch.equal(a, b) for a, b in zip(entry[1], equal))):
+        entry = x.cache[key] = (anchors, tuple(t.clone() for t in equal), compute())
+    return entry[2]
 
 
 def batched_logits(x: MetricInputs, images: Tensor) -> Tensor:
@@ -134,8 +137,8 @@ def per_method_values(x: MetricInputs, key: tuple,
     table = x.table_methods
     if table is None or x.cache is None or x.method not in table:
         return compute({x.method: dict(x.method_params or {})}, {x.method: x.heatmaps})[x.method]
-    values = table_cached(x, key, (x.images, x.targets), lambda: compute(
-        {m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()}))
+    values = table_cached(x, key, (x.images,), lambda: compute(
+        {m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()}), equal=(x.targets,))
     return values[x.method]
 
 

@@ -68,7 +68,7 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
                 sums.append(inputs.activations.flatten(2).double().sum(dim=2))
         return torch.cat(drops), torch.cat(sums)
 
-    return table_cached(x, ("channel_terms", x.target_layer), (x.images, x.targets), compute)
+    return table_cached(x, ("channel_terms", x.target_layer), (x.images,), compute, equal=(x.targets,))
 
 
 @register_metric("conservation_residual", needs=("model", "method"), higher_is_better=False, family="axioms",
