@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,7 +137,8 @@ def per_method_values(x: MetricInputs, key: tuple,
     table = x.table_methods
     if table is None or x.cache is None or x.method not in table:
         return compute({x.method: dict(x.method_params or {})}, {x.method: x.heatmaps})[x.method]
-    values = table_cached(x, key, (x.images,), lambda: compute(
+    network = x.network if x.network is not None else x.model
+    values = table_cached(x, key, (x.images, network), lambda: compute(
         {m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()}), equal=(x.targets,))
     return values[x.method]
 

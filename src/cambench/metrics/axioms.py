@@ -56,8 +56,9 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
     set to 0, and the channel sums of the activations. Method-free: computed once per image set."""
     if x.target_layer is None:
         raise ValueError("the sensitivity axiom needs target_layer")
+    net = x.network if x.network is not None else x.model
+
     def compute() -> tuple[Tensor, Tensor]:
-        net = x.network if x.network is not None else x.model
         drops, sums = [], []
         for i in range(0, x.images.shape[0], x.batch_size):
             with eval_mode(net):
@@ -68,7 +69,7 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
                 sums.append(inputs.activations.flatten(2).double().sum(dim=2))
         return torch.cat(drops), torch.cat(sums)
 
-    return table_cached(x, ("channel_terms", x.target_layer), (x.images,), compute, equal=(x.targets,))
+    return table_cached(x, ("channel_terms", x.target_layer), (x.images, net), compute, equal=(x.targets,))
 
 
 @register_metric("conservation_residual", needs=("model", "method"), higher_is_better=False, family="axioms",

@@ -44,6 +44,11 @@ def _scores_of(logits: Tensor, score: str) -> Tensor:
     return logits.softmax(dim=1) if score == "prob" else logits
 
 
+def _fill_of(x: MetricInputs) -> tuple[Tensor, ...]:
+    """The fill colour as a cache condition (the modified images depend on it), when there is one."""
+    return (x.fill,) if x.fill is not None else ()
+
+
 def saliency_rank(heatmaps: Tensor) -> Tensor:
     """Rank (N, P) of every pixel in descending map order; ties keep the pixel order (stable)."""
     n, p = heatmaps.shape[0], math.prod(heatmaps.shape[1:])
@@ -266,7 +271,8 @@ def explanation_scores(x: MetricInputs, multiply_space: str, score: str, metric:
         return batched_logits(x, maps * x.images)
 
     # average_drop, increase_in_confidence and average_gain read the same two sets of logits
-    explained = table_cached(x, ("explanation_logits", multiply_space), (x.heatmaps, x.images), explained_logits)
+    explained = table_cached(x, ("explanation_logits", multiply_space), (x.heatmaps, x.images, x.model),
+                             explained_logits, equal=_fill_of(x))
     return (target_scores(model_logits(x), x.targets, score).float(),
             target_scores(explained, x.targets, score).float())
 
@@ -394,7 +400,7 @@ def _ablation_logits(x: MetricInputs, threshold: float, substrate: str, blur_pad
 
     # ablation_drop and ablation_flip read the same logits
     key = ("ablation_logits", threshold, substrate, blur_padding)
-    return model_logits(x), table_cached(x, key, (x.heatmaps, x.images), ablated_logits)
+    return model_logits(x), table_cached(x, key, (x.heatmaps, x.images, x.model), ablated_logits, equal=_fill_of(x))
 
 
 _DOC_ABLATION = """

@@ -388,7 +388,8 @@ def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) ->
         scores, defined = road_scores(x, ORDERS, metric=metric, **params)
         return scores.mean(dim=2), defined  # (N, [morf, lerf])
 
-    mean, defined = table_cached(x, ("road", repr(sorted(params.items()))), (x.heatmaps, x.images), both_orders)
+    mean, defined = table_cached(x, ("road", repr(sorted(params.items()))), (x.heatmaps, x.images, x.model),
+                                 both_orders)
     if orders == ("morf",) or orders == ("lerf",):
         original = target_scores(model_logits(x), x.targets, params["score"]).float()
         return mean[:, ORDERS.index(orders[0])] - original, defined
