@@ -548,3 +548,18 @@ def test_a_table_computes_the_images_logits_once_and_shares_each_maps_logits(mon
     assert rows_shared == n + 2 * (2 * n + road_rows)
     for key, value in alone.items():
         assert torch.equal(torch.nan_to_num(shared[key], nan=-1.0), torch.nan_to_num(value, nan=-1.0)), key
+
+
+def test_a_cache_shared_across_models_or_fill_colours_recomputes():
+    torch.manual_seed(0)
+    models = [build_model("small_cnn", n_classes=4, in_channels=3, mean=[.5] * 3, std=[.25] * 3, widths=[8, 8, 8, 8])
+              for _ in range(2)]
+    images, maps = torch.rand(4, 3, 16, 16), torch.rand(4, 16, 16)
+    targets = torch.tensor([0, 1, 2, 3])
+    cache = {}
+    for name in ("average_drop", "ablation_drop", "road_morf"):
+        for model, fill in ((models[0], .5), (models[1], .5), (models[1], .2)):
+            kw = dict(targets=targets, fill=torch.full((3,), fill), **({"percentiles": [50]} if name == "road_morf" else {}))
+            shared = cambench.evaluate(model, images, maps, name, cache=cache, **kw)
+            alone = cambench.evaluate(model, images, maps, name, **kw)
+            assert torch.equal(torch.nan_to_num(shared, nan=-1.0), torch.nan_to_num(alone, nan=-1.0)), (name, fill)
