@@ -256,15 +256,17 @@ def max_sensitivity(x: MetricInputs, radius: float = 0.02, samples: int = 10, no
 
     def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, Tensor]:
         worst = {m: torch.zeros(n, dtype=torch.float64, device=dev) for m in methods}
+        norms = {}  # ||Φ(x)|| per method, once (a zero map divides by 1)
+        for m, h in heatmaps.items():
+            norm = h.to(dev).flatten(1).double().norm(dim=1)
+            norms[m] = torch.where(norm == 0, torch.ones_like(norm), norm) if normalise else torch.ones_like(norm)
         for j in range(samples):  # one engine pass per draw over the whole batch, for every method
             k = perturbation_keys(keys, "max_sensitivity", float(j), seed)
             delta = (2 * _uniform(k, tuple(x.images.shape[1:]), 7) - 1).to(x.images) * radius
             for rows, maps in explained_batches(x, methods, x.images + delta):
                 for m, explained in maps.items():
                     base = heatmaps[m][rows].to(dev).flatten(1).double()
-                    norm = base.norm(dim=1)
-                    norm = torch.where(norm == 0, torch.ones_like(norm), norm) if normalise else torch.ones_like(norm)
-                    change = (explained.flatten(1).double() - base).norm(dim=1) / norm
+                    change = (explained.flatten(1).double() - base).norm(dim=1) / norms[m][rows]
                     worst[m][rows] = torch.maximum(worst[m][rows], change)
         return {m: w.float() for m, w in worst.items()}
 

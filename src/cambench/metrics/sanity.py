@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import resolve_layer
-from . import MetricInputs, explained_batches, per_method_values, register_metric
+from . import MetricInputs, explained_batches, per_method_values, register_metric, table_cached
 from .robustness import similarity as map_similarity
 
 SCOPES = ("all", "above", "below")
@@ -83,11 +83,8 @@ def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = 
     net = x.network if x.network is not None else x.model
     order = cascade_order(net, x.target_layer, scope)
     layers = order[:depth] if depth else order
-    key = ("mprt_model", tuple(layers), seed)
-    cache = x.cache if x.cache is not None else {}
-    if key not in cache:
-        cache[key] = randomised_copy(net, layers, seed).eval()
-    randomised = cache[key]
+    randomised = table_cached(x, ("mprt_model", tuple(layers), seed), (net,),
+                              lambda: randomised_copy(net, layers, seed).eval())
     n, dev = x.images.shape[0], x.images.device
 
     def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, Tensor]:
