@@ -91,6 +91,28 @@ def test_jobs_run_with_deterministic_kernels(monkeypatch):
         torch.backends.cudnn.deterministic = False
 
 
+def test_deterministic_kernels_are_set_without_loading_the_compiler():
+    # torch.use_deterministic_algorithms imports inductor's config (and with it the compiler
+    # stack, 1.6 s of a 4 s job); the kernel flag must be set without it, in a fresh process.
+    code = ("import sys, torch; from cambench.scripting import set_deterministic; set_deterministic(True); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor.config' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]
+
+
+def test_a_loaded_compiler_gets_the_deterministic_flag_too():
+    import torch._inductor.config as inductor_config
+    before = (torch.are_deterministic_algorithms_enabled(), inductor_config.deterministic,
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        set_deterministic(True)
+        assert inductor_config.deterministic and torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        (inductor_config.deterministic, torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = before[1:]
+
+
 def _claim_in_another_process(lock_dir, devices):
     """A job holding a GPU: a child process that claims one and waits."""
     code = ("import os, sys, time; from cambench.scripting import claim_gpu; "
