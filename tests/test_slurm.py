@@ -176,11 +176,11 @@ def _run_on_slurm(work, cpus):
                  if line.startswith(("SlurmctldPort=", "SlurmdPort="))]
         # The README's command, plus what this one-node cluster needs: it has no accounting database
         # (so no sacct for the status and no accounts), jobs capped to the node's CPUs and memory,
-        # and a first status check after 10 s instead of 40 s (these jobs take seconds).
+        # and status checks after 2 s and every 2 s instead of 40 s and 10 s (these jobs take seconds).
         run = snakemake(work, TARGET, "--executor", "slurm", "--profile", "profiles/slurm",
                         "--workflow-profile", "none", "--configfile", "tiny.yaml",
                         "--slurm-status-command", "squeue", "--slurm-no-account",
-                        "--slurm-init-seconds-before-status-checks", "10",
+                        "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
                         "--max-threads", str(cluster.cpus), "--resources", f"mem_mb={cluster.memory_mb}",
                         env=cluster.env, timeout=280, check=False)
         log = run.stdout + run.stderr
