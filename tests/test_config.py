@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from cambench.config import ConfigError, validate_config
+from cambench.engine import method_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "schema.yaml"
@@ -31,7 +32,15 @@ def test_a_method_can_run_under_several_labels():
     cfg = with_change("cam.methods", {"score_pgc": {"method": "scorecam"},
                                       "score_tc": {"method": "scorecam", "variant": "torchcam"}})
     cfg["models"]["shapes_ame"]["methods"] = ["score_pgc"]
-    validate_config(cfg, SCHEMA)
+    out = validate_config(cfg, SCHEMA)
+    assert [method_of(label, p) for label, p in out["cam"]["methods"].items()] == [
+        ("scorecam", {}), ("scorecam", {"variant": "torchcam"})]
+    assert out["models"]["shapes_ame"]["methods"] == ["score_pgc"]
+    # a label's parameters are checked against its method's, and the error names the label
+    cfg["cam"]["methods"]["score_tc"]["alpha"] = 1
+    with pytest.raises(ConfigError, match=r"'cam\.methods\.score_tc': unknown parameter\(s\) \['alpha'\] "
+                                          r"for method 'scorecam'"):
+        validate_config(cfg, SCHEMA)
 
 
 def test_default_config_is_valid_and_gets_defaults():

@@ -80,15 +80,28 @@ def test_an_inference_copy_that_disagrees_is_not_used(images):
     assert fast is model and not channels_last
 
 
-def test_metrics_through_the_inference_copy_equal_the_eager_model(images):
+def test_metrics_through_the_inference_copy_equal_the_eager_model(images, monkeypatch):
     """Deletion AUC, brute force with the user's (eager, unfolded) model, step by step."""
+    import sys
     from cambench.metrics import evaluate
+    metrics_module = sys.modules["cambench.metrics"]  # the package: ``cambench.metrics`` is also a function
     model = _bn_model()
     torch.manual_seed(3)
     maps = torch.rand(images.shape[0], *images.shape[2:])
     fill = torch.tensor([0.5, 0.4, 0.3])
     steps = 8
+    seen = []  # rows of every forward of the user's model itself
+    handle = model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
     got = evaluate(model, images, maps, "deletion_auc", steps=steps, fill=fill)
+    through_copy = sum(seen)
+    # The same metric with the copy refused: the user's model then runs every deletion step.
+    seen.clear()
+    monkeypatch.setattr(metrics_module, "inference_copy", lambda net, x, logits=None: (net, False))
+    eager = evaluate(model, images, maps, "deletion_auc", steps=steps, fill=fill)
+    handle.remove()
+    n = images.shape[0]
+    assert through_copy <= 2 * n < (steps + 1) * n <= sum(seen), (through_copy, sum(seen))
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         targets = model(images).argmax(1)
         order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
@@ -102,4 +115,3 @@ def test_metrics_through_the_inference_copy_equal_the_eager_model(images):
         curve = torch.stack(curve, dim=1)
     expected = (curve.sum(1) - curve[:, 0] / 2 - curve[:, -1] / 2) / steps
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert inference_copy(model, images)[0] is not model, "the metric should have used the copy"

@@ -67,9 +67,36 @@ def test_layercam_mean_fusion_matches_grad_cam_package_on_several_layers():
     assert np.abs(ours.numpy() - ref).max() <= 1e-5
 
 
-def test_layercam_max_fusion_is_at_the_finest_resolution_and_one_backward(gapnet, images):
-    result = cambench.explain_many(gapnet, images, {"layercam_ms": {"layers": ["features.conv1"]}}, "features")
-    assert result.raw["layercam_ms"].shape == (6, 16, 16)
+def test_layercam_max_fusion_is_at_the_finest_resolution_and_one_backward(gapnet, images, monkeypatch):
+    """fusion='max' (the default) against a hand computation on ResNet-18 stages of 8x8, 4x4 and 2x2:
+    ReLU(sum_k ReLU(G^k) A^k) per layer, divided by its max, tanh(2 M) on the shallower ones,
+    bilinear up-sampling to the finest map, element-wise max; one autograd.grad call for all."""
+    model = zoo_model("resnet18")
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 64, 64)
+    targets = model(x).argmax(1)
+    names = ["layer2", "layer3", "layer4"]
+    acts = {}
+    hooks = [getattr(model, n).register_forward_hook(lambda m, i, o, n=n: acts.__setitem__(n, o)) for n in names]
+    scores = model(x).gather(1, targets[:, None]).sum()
+    for h in hooks:
+        h.remove()
+    grads = dict(zip(names, torch.autograd.grad(scores, [acts[n] for n in names])))
+    maps = [(grads[n].clamp_min(0) * acts[n]).sum(1).clamp_min(0).detach() for n in names]
+    maps = [m / (m.flatten(1).max(1).values.view(-1, 1, 1) + 1e-7) for m in maps]
+    maps = [torch.tanh(2.0 * m) for m in maps[:-1]] + maps[-1:]
+    up = [torch.nn.functional.interpolate(m[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+          for m in maps]
+    expected = torch.maximum(torch.maximum(up[0], up[1]), up[2])
+    calls = []
+    real_grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or real_grad(*a, **k))
+    result = cambench.explain_many(model, x, {"layercam_ms": {"layers": ["layer2", "layer3"]}}, "layer4",
+                                   targets=targets)
+    assert len(calls) == 1
+    assert result.raw["layercam_ms"].shape == (3, 8, 8)
+    torch.testing.assert_close(result.raw["layercam_ms"], expected, rtol=1e-4, atol=1e-5)
+    assert (expected > 0).any() and not torch.equal(up[0], expected)  # every term takes part somewhere
     with pytest.raises(CamError, match="needs 'layers'"):
         cambench.explain(gapnet, images, "layercam_ms", "features")
     with pytest.raises(CamError, match="no submodule 'nope'"):

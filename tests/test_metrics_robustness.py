@@ -223,6 +223,7 @@ def test_mprt_model_independent_control_keeps_similarity_one(net, images, monkey
 def test_mprt_gradcam_loses_similarity_under_full_randomisation(net, images):
     targets = net(images).argmax(1)
     heat = _explained(net, images)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
     full = cambench.evaluate(net, images, heat, "mprt", targets=targets, seed=1, **_fields())
     head = cambench.evaluate(net, images, heat, "mprt", targets=targets, depth=1, similarity="ssim",
                              seed=1, **_fields())
@@ -230,7 +231,9 @@ def test_mprt_gradcam_loses_similarity_under_full_randomisation(net, images):
     assert torch.isfinite(head).all() and (head <= 1 + 1e-6).all()
     again = cambench.evaluate(net, images, heat, "mprt", targets=targets, seed=1, **_fields())
     assert torch.equal(full, again)   # deterministic in the seed
-    assert not torch.equal(net.fc.weight, randomised_copy(net, ["fc"], 1).fc.weight)  # the model is untouched
+    assert not torch.equal(net.fc.weight, randomised_copy(net, ["fc"], 1).fc.weight)  # a copy is randomised
+    after = net.state_dict()  # ... and the model itself is untouched, weights and buffers
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_explained_batches_cover_every_image_like_one_pass(net, images):

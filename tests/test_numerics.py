@@ -130,7 +130,25 @@ def test_degenerate_maps_are_flagged_in_the_files_and_tables(runs, dataset):
     assert all((flags[m] & FLAG_CONSTANT).all() for m in ("gradcam", "gradcampp", "xgradcam", "hirescam"))
 
 
-def test_a_healthy_model_has_no_flags(runs):
+def test_a_healthy_model_has_no_flags(dataset):
+    """The same network undamaged: no method's map is flagged, and the stored signed maps agree
+    (none is constant after the ReLU, none has a non-finite value)."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", n_classes=3, **PARAMS)
+    model_path = dataset / "healthy.pt"
+    save_checkpoint(model_path, model.eval(), "small_cnn", dict(PARAMS, n_classes=3))
+    compute_heatmaps(dataset / "shapes.h5", model_path, dataset / "healthy.h5", perturbation="none", level=0.0,
+                     methods=METHODS, target_layer="features.block4", split="test", class_source="pred",
+                     batch_size=4, dtype="float16", seed=0, device="cpu")
+    hm = read_heatmaps(dataset / "healthy.h5", raw=True)
+    assert set(hm.flags) == set(METHODS)
+    for method in METHODS:
+        raw = np.asarray(hm.raw[method], dtype=np.float64).reshape(len(hm.ids), -1)
+        assert np.isfinite(raw).all() and (raw.clip(0).max(1) > raw.clip(0).min(1)).all(), method
+        assert not hm.flags[method].any(), method
+
+
+def test_activation_only_methods_keep_their_maps_on_a_saturated_model(runs):
     """The saturated model still has spatial structure: activation-only methods give real maps."""
     heatmaps, table = runs["saturated_softmax"]
     flags = read_heatmaps(heatmaps["none"]).flags

@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import cambench
+from cambench.data.formats import FORMATS as FORMAT_REGISTRY
 from cambench.papers import PAPER_COLUMNS, PAPERS, paper_models, paper_table
 
 MODELS = {"cnn": {"dataset": "shapes"}, "fake": {"dataset": "cifake"}, "mri": {"dataset": "brats"}}
@@ -113,6 +115,18 @@ def test_a_paper_without_our_values_is_an_error():
 
 
 def test_every_paper_has_reference_rows_and_a_domain_rule():
+    """Reference rows tagged with their provenance; a domain rule (formats, methods, metrics) that
+    names only registered formats, methods and metrics, and that some models pass and others fail."""
     for key, paper in PAPERS.items():
         assert paper.reference, key
         assert all("tag" in r for r in paper.reference), key
+        assert paper.formats is None or set(paper.formats) <= set(FORMAT_REGISTRY.names()), key
+        assert set(paper.methods) <= set(cambench.methods()), key
+        assert paper.metrics and set(paper.metrics) <= set(cambench.metrics()), key
+    # the rule itself: a model qualifies by its data set's format and by running one of the methods
+    models = {"street_cnn": {"dataset": "streets"}, "shapes_cnn": {"dataset": "shapes"}}
+    formats = {"streets": "street", "shapes": "imagefolder"}
+    methods = {"street_cnn": ["gradcam"], "shapes_cnn": ["finercam"]}
+    assert paper_models("mishra2022_street", models, formats, methods) == ["street_cnn"]
+    assert paper_models("zhang2025_finercam", models, formats, methods) == ["shapes_cnn"]
+    assert paper_models("selvaraju2017_gradcam", models, formats, methods) == ["street_cnn"]

@@ -1,6 +1,7 @@
 """Shards: per-shard heatmap files joined without copying, metric tables joined in unsharded order."""
 import json
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,8 +55,11 @@ def test_joined_file_reads_like_the_unsharded_file(files):
     assert json.loads(joined.attrs["rows"]) == [0, N]
     assert [s["file"] for s in json.loads(joined.attrs["provenance"])["shards"]] == [
         "lvl/shard-0000.h5", "lvl/shard-0001.h5", "lvl/shard-0002.h5"]
-    # the maps are not copied: the joined file is a fraction of one shard's size
-    assert (files / "lvl.h5").stat().st_size < sum(p.stat().st_size for p in shards)
+    # the maps are not copied: they are virtual datasets over the shards
+    with h5py.File(files / "lvl.h5") as f:
+        mapped = [f"{group}/{m}" for group in ("heatmaps", "raw") for m in METHODS] + ["weights/a"]
+        assert all(f[name].is_virtual for name in mapped), [(n, f[n].is_virtual) for n in mapped]
+        assert not f["scores"].is_virtual  # the small per-image columns are copied
     # a missing shard is an error, never silent fill values
     shards[1].unlink()
     with pytest.raises(ValueError, match=r"lvl.h5: shard file\(s\) \['lvl/shard-0001.h5'\] .* missing"):

@@ -48,7 +48,9 @@ def test_torchvision_weights_are_used_as_they_are_with_zero_epochs(dataset, tmp_
 
 def test_a_new_head_is_trained_on_loaded_weights(dataset, tmp_path):
     path, _ = dataset
-    torch.save(torchvision.models.resnet18(weights=None, num_classes=1000).state_dict(), tmp_path / "imagenet.pt")
+    torch.manual_seed(11)
+    imagenet = torchvision.models.resnet18(weights=None, num_classes=1000).state_dict()
+    torch.save(imagenet, tmp_path / "imagenet.pt")
     with pytest.raises(ValueError, match=r"imagenet\.pt.*fc\.weight.*weights_exclude"):
         train_model(path, tmp_path / "m.pt", tmp_path / "t.json", architecture="resnet18", params={},
                     train={**TRAIN, "epochs": 1}, seed=0, device="cpu", weights=str(tmp_path / "imagenet.pt"))
@@ -56,6 +58,13 @@ def test_a_new_head_is_trained_on_loaded_weights(dataset, tmp_path):
                          train={**TRAIN, "epochs": 1}, seed=0, device="cpu", weights=str(tmp_path / "imagenet.pt"),
                          weights_exclude=["net.fc"])
     assert result["weights_loaded"]["excluded"] == 2 and len(result["history"]) == 1
+    # every trunk tensor came from the file (the head's two did not): one epoch moves the loaded
+    # weights a little, far less than the distance to a fresh initialisation
+    assert result["weights_loaded"]["loaded"] == len(imagenet) - 2
+    model, _ = load_checkpoint(tmp_path / "m.pt")
+    trained = model.net.conv1.weight.detach()
+    fresh = torchvision.models.resnet18(weights=None).conv1.weight.detach()
+    assert (trained - imagenet["conv1.weight"]).norm() < 0.1 * (fresh - imagenet["conv1.weight"]).norm()
     assert not (tmp_path / "m.pt.tmp").exists()
 
 
