@@ -57,6 +57,12 @@ class MetricInputs:
             return torch.as_tensor(self.keys, device=self.images.device)
         return torch.arange(self.images.shape[0], device=self.images.device)
 
+    @property
+    def original_model(self) -> nn.Module | None:
+        """The model itself, for hooks and copies: ``network`` when given (``model`` may be its
+        inference copy), else ``model``."""
+        return self.network if self.network is not None else self.model
+
     def require(self, *names: str, metric: str) -> None:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
@@ -86,7 +92,7 @@ def explained_batches(x: MetricInputs, methods: Mapping[str, dict], images: Tens
     from ..engine import explain_many  # the engine imports nothing from the metrics; keep it that way
     if x.target_layer is None:
         raise ValueError("this metric re-explains images: give method, method_params and target_layer")
-    net = model if model is not None else (x.network if x.network is not None else x.model)
+    net = model if model is not None else x.original_model
     for i in range(0, images.shape[0], x.batch_size):
         rows = slice(i, min(i + x.batch_size, images.shape[0]))
         yield rows, explain_many(net, images[rows], methods, x.target_layer, x.targets[rows],
@@ -137,8 +143,7 @@ def per_method_values(x: MetricInputs, key: tuple,
     table = x.table_methods
     if table is None or x.cache is None or x.method not in table:
         return compute({x.method: dict(x.method_params or {})}, {x.method: x.heatmaps})[x.method]
-    network = x.network if x.network is not None else x.model
-    values = table_cached(x, key, (x.images, network), lambda: compute(
+    values = table_cached(x, key, (x.images, x.original_model), lambda: compute(
         {m: dict(p or {}) for m, (p, _) in table.items()}, {m: h for m, (_, h) in table.items()}), equal=(x.targets,))
     return values[x.method]
 

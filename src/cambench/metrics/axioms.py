@@ -39,7 +39,7 @@ def _terms(x: MetricInputs) -> tuple[Tensor, Tensor | None, Tensor]:
         return x.scores.double(), None if x.weights is None else x.weights.double(), x.raw.double()
     if x.method is None or x.target_layer is None:
         raise ValueError("axiom metrics need method, method_params and target_layer (or raw and scores)")
-    net = x.network if x.network is not None else x.model
+    net = x.original_model
     scores, weights, signed = [], [], []
     for i in range(0, x.images.shape[0], x.batch_size):
         inputs, w, m = method_terms(net, x.images[i:i + x.batch_size], x.method, x.method_params,
@@ -56,7 +56,7 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
     set to 0, and the channel sums of the activations. Method-free: computed once per image set."""
     if x.target_layer is None:
         raise ValueError("the sensitivity axiom needs target_layer")
-    net = x.network if x.network is not None else x.model
+    net = x.original_model
 
     def compute() -> tuple[Tensor, Tensor]:
         drops, sums = [], []

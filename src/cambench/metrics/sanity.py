@@ -80,7 +80,7 @@ def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = 
     x.require("method", metric="mprt")
     if depth < 0:
         raise ValueError(f"mprt: depth must be >= 0 (0 = every layer), got {depth}")
-    net = x.network if x.network is not None else x.model
+    net = x.original_model
     order = cascade_order(net, x.target_layer, scope)
     layers = order[:depth] if depth else order
     randomised = table_cached(x, ("mprt_model", tuple(layers), seed), (net,),
