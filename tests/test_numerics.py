@@ -59,19 +59,28 @@ def dataset(tmp_path_factory):
     return work
 
 
-def _run(work, case):
+def _checkpoint(work, case, damage=None):
+    """The test network (seed 0), damaged by ``damage`` when given, saved as ``case``.pt."""
     torch.manual_seed(0)
     model = build_model("small_cnn", n_classes=3, **PARAMS)
-    DEGENERATE[case](model)
+    if damage is not None:
+        damage(model)
     model_path = work / f"{case}.pt"
     save_checkpoint(model_path, model.eval(), "small_cnn", dict(PARAMS, n_classes=3))
-    out = {}
-    for kind, level in (("none", 0.0), ("gaussian", 0.1)):
-        hm = work / f"{case}_{kind}.h5"
-        compute_heatmaps(work / "shapes.h5", model_path, hm, perturbation=kind, level=level, methods=METHODS,
-                         target_layer="features.block4", split="test", class_source="pred", batch_size=4,
-                         dtype="float16", seed=0, device="cpu")
-        out[kind] = hm
+    return model_path
+
+
+def _heatmaps(work, case, model_path, kind="none", level=0.0):
+    hm = work / f"{case}_{kind}.h5"
+    compute_heatmaps(work / "shapes.h5", model_path, hm, perturbation=kind, level=level, methods=METHODS,
+                     target_layer="features.block4", split="test", class_source="pred", batch_size=4,
+                     dtype="float16", seed=0, device="cpu")
+    return hm
+
+
+def _run(work, case):
+    model_path = _checkpoint(work, case, DEGENERATE[case])
+    out = {kind: _heatmaps(work, case, model_path, kind, level) for kind, level in (("none", 0.0), ("gaussian", 0.1))}
     table = work / f"{case}_metrics.parquet"
     compute_metrics(work / "shapes.h5", model_path, out["gaussian"], out["none"], table,
                     metrics={n: metric_params(n, p, "prob") for n, p in METRICS.items()}, score="prob",
@@ -133,14 +142,7 @@ def test_degenerate_maps_are_flagged_in_the_files_and_tables(runs, dataset):
 def test_a_healthy_model_has_no_flags(dataset):
     """The same network undamaged: no method's map is flagged, and the stored signed maps agree
     (none is constant after the ReLU, none has a non-finite value)."""
-    torch.manual_seed(0)
-    model = build_model("small_cnn", n_classes=3, **PARAMS)
-    model_path = dataset / "healthy.pt"
-    save_checkpoint(model_path, model.eval(), "small_cnn", dict(PARAMS, n_classes=3))
-    compute_heatmaps(dataset / "shapes.h5", model_path, dataset / "healthy.h5", perturbation="none", level=0.0,
-                     methods=METHODS, target_layer="features.block4", split="test", class_source="pred",
-                     batch_size=4, dtype="float16", seed=0, device="cpu")
-    hm = read_heatmaps(dataset / "healthy.h5", raw=True)
+    hm = read_heatmaps(_heatmaps(dataset, "healthy", _checkpoint(dataset, "healthy")), raw=True)
     assert set(hm.flags) == set(METHODS)
     for method in METHODS:
         raw = np.asarray(hm.raw[method], dtype=np.float64).reshape(len(hm.ids), -1)
