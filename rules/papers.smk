@@ -53,6 +53,7 @@ rule metacam_ensembles:
         components=config["papers"]["metacam"]["components"],
         images=config["papers"]["metacam"]["images"],
         k=config["papers"]["metacam"]["k"],
+        k_grid=config["papers"]["metacam"]["k_grid"],
         road=config["metrics"]["compute"].get("road_combined", {}),
         target_layer=lambda w: model_spec(w)["target_layer"],
         split=config["cam"]["split"],

@@ -1,5 +1,7 @@
-# Statistics: Friedman across methods (images as blocks), pairwise post-hoc tests, Kruskal-Wallis across
-# (dataset, model) groups with Dunn pairs, linear mixed models of method x severity. Holm-adjusted p throughout.
+# Statistics: Friedman across methods (images as blocks), pairwise post-hoc tests, (dataset, model) groups
+# compared paired (Wilcoxon / Friedman) when they share images and by Kruskal-Wallis + Dunn when they do not,
+# linear mixed models of method x severity. Holm-adjusted p throughout: p_adj within the family named in each
+# row's `family` column, p_adj_table over the whole table.
 
 
 rule statistics:
@@ -25,7 +27,7 @@ rule statistics:
             caption="../reports/kruskal.rst",
             category="Statistical tests",
             subcategory="Tables: across models",
-            labels={"table": "Kruskal-Wallis across models (Dunn pairs)"},
+            labels={"table": "Across models: paired Wilcoxon/Friedman or Kruskal-Wallis"},
         ),
         mixed_model=report(
             "results/tables/mixed_model.csv",

@@ -124,16 +124,20 @@ def test_bad_calls_name_the_kind_and_the_argument():
         cambench.perturb(x, "part_pgd", 8, model=model, labels=y)
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['step'\] for perturbation 'pgd'"):
         cambench.perturb(x, "pgd", 8, model=model, labels=y, params={"step": 3})
-    with pytest.raises(ValueError, match="parameter 'steps' of perturbation 'pgd' must be a number"):
+    with pytest.raises(ValueError, match=r"parameter 'steps' of perturbation 'pgd' must be an integer in \[1, inf\), "
+                                         r"got '10'"):
         cambench.perturb(x, "pgd", 8, model=model, labels=y, params={"steps": "10"})
+    # bounds declared on the registration (cambench.registry)
     for params, name in [({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"step_ratio": 0}, "step_ratio"),
                          ({"memory_mb": -1}, "memory_mb")]:
-        with pytest.raises(ValueError, match=f"'pgd': parameter '{name}'"):
+        with pytest.raises(ValueError, match=f"parameter '{name}' of perturbation 'pgd' must be "):
             cambench.perturb(x, "pgd", 8, model=model, labels=y, params=params)
     for params, name in [({"mask_mode": "rgb"}, "mask_mode"), ({"tau": 1.5}, "tau"),
-                         ({"eps_low_ratio": 2.0}, "eps_low_ratio"), ({"method": "nocam"}, "method")]:
-        with pytest.raises(ValueError, match=f"'part_pgd': parameter '{name}'"):
+                         ({"eps_low_ratio": 2.0}, "eps_low_ratio")]:
+        with pytest.raises(ValueError, match=f"parameter '{name}' of perturbation 'part_pgd' must be "):
             cambench.perturb(x, "part_pgd", 8, model=model, labels=y, target_layer="4", params=params)
+    with pytest.raises(ValueError, match="'part_pgd': parameter 'method' must be a registered CAM method"):
+        cambench.perturb(x, "part_pgd", 8, model=model, labels=y, target_layer="4", params={"method": "nocam"})
     grey = tiny_net(channels=1)
     with pytest.raises(ValueError, match="'part_pgd': parameter 'mask_mode' 'repo'.*3-channel 2D"):
         cambench.perturb(x[:, :1], "part_pgd", 8, model=grey, labels=y, target_layer="4",

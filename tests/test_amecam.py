@@ -228,7 +228,7 @@ def test_errors(trained):
     with pytest.raises(CamError, match="aggregator was never trained"):
         amecam_maps(untrained, x, None)
     model = trained["model"]
-    with pytest.raises(CamError, match="invert must be one of"):
+    with pytest.raises(CamError, match="parameter 'invert' of method 'amecam' must be one of 'true', 'false', 'auto'"):
         amecam_maps(model, x, None, invert="sometimes")
     with pytest.raises(CamError, match="auto_fraction"):
         amecam_maps(model, x, None, invert="auto", auto_fraction=1.5)

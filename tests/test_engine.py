@@ -101,7 +101,7 @@ def test_targets_index_callable_and_errors(gapnet, images):
 def test_no_hooks_left_and_train_mode_restored_even_after_errors(gapnet, images):
     gapnet.train()
     gapnet.features.conv1.eval()  # a mixed state must come back as it was
-    with pytest.raises(CamError):
+    with pytest.raises(CamError, match=r"a callable target must return a tensor of shape \(6,\)"):
         cambench.explain(gapnet, images, "gradcam", "features", targets=lambda logits: logits)  # bad shape
     cambench.explain(gapnet, images, "gradcam", "features")
     assert gapnet.training and not gapnet.features.conv1.training and gapnet.fc.training

@@ -92,7 +92,7 @@ def test_default_components_and_gradient_needs(gapnet, images):
     assert need({"components": ["eigencam", "layercam"]}) is True
     c = component_maps(gapnet, images, list(DEFAULT_COMPONENTS))
     expected = (c * np.stack([top_k_numpy(m, 10) for m in c])).mean(axis=0)
-    np.testing.assert_allclose(raw(gapnet, images).numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(raw(gapnet, images, k=10).numpy(), expected, atol=1e-6)
 
 
 def test_cre_on_hand_built_tables():
@@ -114,14 +114,14 @@ def test_cre_on_hand_built_tables():
         cumulative_residual_effect(two, ["a", "b"], "shapley")
 
 
-def test_select_k_same_image_and_leave_one_out():
+def test_select_k_same_image():
     values = torch.tensor([[1.0, 0.0, 5.0],
                            [0.0, 2.0, math.nan],
                            [0.5, 1.5, 0.0]])  # (G = 3, N = 3)
     assert select_k(values, "same_image").tolist() == [0, 1, 0]
-    # image 0: others' means (0+5)/2, 2, 0.75 -> 0; image 1: (1+5)/2, 0, 0.25 -> 0; image 2: 0.5, 1, 1 -> 1
-    assert select_k(values, "held_out").tolist() == [0, 0, 1]
     assert select_k(-values, "same_image", higher_is_better=False).tolist() == [0, 1, 0]
+    with pytest.raises(CamError, match="k_selection"):  # leave-one-out over the batch is gone
+        select_k(values, "held_out")
 
 
 def adaptive_images(goals):
@@ -131,24 +131,14 @@ def adaptive_images(goals):
     return x
 
 
-@pytest.mark.parametrize("selection,expected_k", [("same_image", [20, 20, 20, 60]), ("held_out", [20, 20, 20, 20])])
-def test_adaptive_k_picks_the_known_best(gapnet, selection, expected_k):
-    """The test metric peaks where the share of surviving pixels equals the goal planted in each image.
-
-    same_image: each image's own goal. held_out: the best k for the OTHER images; the three 0.2
-    images outvote the 0.6 one for every image (the goal median of the others is 0.2).
-    """
+def test_adaptive_k_picks_the_known_best(gapnet):
+    """The test metric peaks where the share of surviving pixels equals the goal planted in each
+    image: each image gets its own goal (same_image), also in a batch of one."""
     x = adaptive_images([0.2, 0.2, 0.2, 0.6])
-    got = raw(gapnet, x, components=[PLANTED], k="adaptive", k_selection=selection, metric=FRACTION)
-    for i, k in enumerate(expected_k):
+    got = raw(gapnet, x, components=[PLANTED], k="adaptive", metric=FRACTION)
+    for i, k in enumerate([20, 20, 20, 60]):
         torch.testing.assert_close(got[i], raw(gapnet, x, components=[PLANTED], k=k)[i])
-
-
-def test_held_out_with_one_image_falls_back_to_same_image(gapnet):
-    x = adaptive_images([0.6])
-    with pytest.warns(UserWarning, match="held_out"):
-        got = raw(gapnet, x, components=[PLANTED], k="adaptive", metric=FRACTION)
-    torch.testing.assert_close(got, raw(gapnet, x, components=[PLANTED], k=60))
+    torch.testing.assert_close(raw(gapnet, x[3:], components=[PLANTED], metric=FRACTION), got[3:])
 
 
 def test_adaptive_k_with_road_matches_a_brute_force_search(gapnet, images):
@@ -157,16 +147,11 @@ def test_adaptive_k_with_road_matches_a_brute_force_search(gapnet, images):
     names = ["gradcam", "eigencam"]
     fixed = [cambench.explain_many(gapnet, x, {"metacam": dict(components=names, k=k)}, "features") for k in grid]
     values = torch.stack([cambench.evaluate(gapnet, x, r.maps["metacam"], "road_combined", **road) for r in fixed])
-    for selection in ("same_image", "held_out"):
-        got = raw(gapnet, x, components=names, k="adaptive", k_grid=grid, k_selection=selection,
-                  metric_params=road)
-        if selection == "same_image":
-            best = values.argmax(dim=0)
-        else:
-            best = ((values.sum(dim=1, keepdim=True) - values) / (len(x) - 1)).argmax(dim=0)
-        for i in range(len(x)):
-            torch.testing.assert_close(got[i], fixed[best[i]].raw["metacam"][i])
-        assert len(set(best.tolist())) > 1 or selection == "held_out"  # the choice differs across images
+    got = raw(gapnet, x, components=names, k="adaptive", k_grid=grid, metric_params=road)
+    best = values.argmax(dim=0)
+    for i in range(len(x)):
+        torch.testing.assert_close(got[i], fixed[best[i]].raw["metacam"][i])
+    assert len(set(best.tolist())) > 1  # the choice differs across images
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -183,18 +168,29 @@ def test_runs_in_2d_and_3d_with_gradient_components(dims):
         assert m.min() >= 0 and m.max() <= 1 and (m.flatten(1).amax(dim=1) > 0.999).all()
 
 
-@pytest.mark.parametrize("consensus", ["gated_mean", "vote"])
-def test_ensemble_sweep_agrees_with_the_method(gapnet, images, consensus):
+@pytest.mark.parametrize("consensus,k", [("gated_mean", 30), ("vote", 30), ("gated_mean", "adaptive"),
+                                         ("vote", "adaptive")])
+def test_ensemble_sweep_agrees_with_the_method(gapnet, images, consensus, k):
+    """The paper table's sweep scores each subset exactly as the method would map and be scored,
+    with adaptive k too (each image's best k of the grid by the same metric)."""
     names = ["gradcam", "eigencam", PLANTED]
     metric = dict(steps=4, substrate="zero")
-    scores = ensemble_sweep(gapnet, images, "features", names, consensus=consensus, k=30,
-                            metric="deletion_auc", metric_params=metric)
+    grid = dict(k_grid=[10, 30, 70]) if k == "adaptive" else {}
+    scores = ensemble_sweep(gapnet, images, "features", names, consensus=consensus, k=k,
+                            metric="deletion_auc", metric_params=metric, **grid)
     assert set(scores) == {frozenset(s) for s in (["gradcam"], ["eigencam"], [PLANTED], ["gradcam", "eigencam"],
                                                   ["gradcam", PLANTED], ["eigencam", PLANTED], names)}
     for subset in (["eigencam"], ["gradcam", PLANTED], names):
-        maps = cambench.explain(gapnet, images, "metacam", "features", components=subset, consensus=consensus, k=30)
+        adaptive = dict(metric="deletion_auc", metric_params=metric, **grid) if k == "adaptive" else {}
+        maps = cambench.explain(gapnet, images, "metacam", "features", components=subset, consensus=consensus, k=k,
+                                **adaptive)
         direct = cambench.evaluate(gapnet, images, maps, "deletion_auc", **metric).mean().item()
         assert scores[frozenset(subset)] == pytest.approx(direct, abs=1e-5)
+    if k == "adaptive":  # the best k per image scores no worse (deletion: lower) than any single k of the grid
+        for fixed in grid["k_grid"]:
+            single = ensemble_sweep(gapnet, images, "features", names, consensus=consensus, k=fixed,
+                                    metric="deletion_auc", metric_params=metric)
+            assert all(scores[s] <= single[s] + 1e-6 for s in scores)
     cre = cumulative_residual_effect(scores, names)
     assert set(cre) == set(names) and all(math.isfinite(v) for v in cre.values())
 
@@ -205,7 +201,51 @@ def test_ensemble_sweep_agrees_with_the_method(gapnet, images, consensus):
                                     dict(components=["gradcam"], component_params={"gradcam": {"eps": 1}}),
                                     dict(consensus="max"), dict(k=0), dict(k=150), dict(k="auto"),
                                     dict(k="adaptive", k_grid=[]), dict(k="adaptive", k_selection="cv"),
+                                    dict(k="adaptive", k_selection="held_out"),
                                     dict(k="adaptive", metric="nope"), dict(k="adaptive", metric="pointing_game")])
 def test_bad_parameters_raise(gapnet, images, params):
     with pytest.raises(CamError):
         cambench.explain(gapnet, images[:2], "metacam", "features", **params)
+
+
+# --- issue 20, item 7: adaptive k by default, a function of each image alone -------------------
+
+CHEAP = dict(components=["gradcam", "scorecam"], metric_params=dict(percentiles=[50]))
+
+
+def test_adaptive_k_is_the_default(gapnet, images):
+    from cambench.methods.metacam import DEFAULT_K
+    assert DEFAULT_K == "adaptive" and METHODS.get("metacam").parameters()["k"] == "adaptive"
+    default = raw(gapnet, images, **CHEAP)
+    torch.testing.assert_close(default, raw(gapnet, images, k="adaptive", **CHEAP))
+    assert (default - raw(gapnet, images, k=10, **CHEAP)).abs().max() > 0.01
+
+
+def test_adaptive_maps_do_not_depend_on_batch_size_or_composition():
+    """65 images at batch sizes 1, 7 and 64: the same maps (float64, so that batched BLAS round-off
+    cannot move a pixel across a top-k threshold; in float32 that happens with a fixed k too)."""
+    from cambench.models import build_model
+    torch.manual_seed(0)
+    model = build_model("small_cnn", n_classes=3, widths=[4, 8, 8, 8]).double().eval()
+    torch.manual_seed(1)
+    x = torch.rand(65, 3, 16, 16, dtype=torch.float64)
+    spec = {"metacam": dict(k="adaptive", components=["gradcam", "eigencam"], k_grid=[10, 30, 60, 100],
+                            metric_params=dict(percentiles=[50]))}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny float64 convolutions: threads only contend (10x slower on 2 busy cores)
+    try:
+        maps = {b: cambench.explain_many(model, x, spec, "features.block4", batch_size=b).maps["metacam"]
+                for b in (1, 7, 64)}
+        shuffled = torch.randperm(65)  # batch composition: the same image among other neighbours
+        again = cambench.explain_many(model, x[shuffled], spec, "features.block4", batch_size=7).maps["metacam"]
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(maps[7], maps[1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(maps[64], maps[1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(again, maps[1][shuffled], rtol=0, atol=1e-9)
+
+
+def test_held_out_k_is_the_best_mean_on_a_separate_set(gapnet):
+    from cambench.methods.metacam import held_out_k
+    x = adaptive_images([0.2, 0.2, 0.6])  # means over the images: k 20 -> -0.13, 40 -> -0.2, 60 -> -0.27
+    assert held_out_k(gapnet, x, "features", components=[PLANTED], k_grid=[20, 40, 60], metric=FRACTION) == 20

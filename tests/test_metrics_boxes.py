@@ -318,7 +318,7 @@ def test_empty_conventions():
     assert values[1].item() == pytest.approx(373.12866)
     assert values[0].item() == pytest.approx(scipy_hd(binarise(maps)[0].numpy(), blob[0].numpy(), 1))
     assert run(maps, "hd95", masks, one_empty=50.0, empty_masks="score")[1].item() == 50.0
-    with pytest.raises(ValueError, match="hd95: empty_masks"):
+    with pytest.raises(ValueError, match="parameter 'empty_masks' of metric 'hd95' must be one of 'skip', 'score'"):
         run(maps, "hd95", masks, empty_masks="maybe")
 
 

@@ -82,10 +82,10 @@ def test_consistency_responsiveness_and_combined_split_by_prediction_change(simi
 
 def test_bad_similarity_and_combine_name_the_metric():
     extra, perturbed = _pairs([False, True])
-    with pytest.raises(ValueError, match="consistency: similarity must be one of"):
+    with pytest.raises(ValueError, match="parameter 'similarity' of metric 'consistency' must be one of 'ssim', "):
         cambench.evaluate(None, torch.zeros(2, 1, 12, 12), perturbed, "consistency", targets=torch.zeros(2),
                           similarity="hamming", **extra)
-    with pytest.raises(ValueError, match="noise_robustness: combine"):
+    with pytest.raises(ValueError, match="parameter 'combine' of metric 'noise_robustness' must be one of 'harmonic'"):
         cambench.evaluate(None, torch.zeros(2, 1, 12, 12), perturbed, "noise_robustness", targets=torch.zeros(2),
                           combine="max", **extra)
 
@@ -272,8 +272,8 @@ def test_a_table_of_methods_is_re_explained_in_shared_passes_with_the_same_value
     shared = each(cache={}, table_methods={m: (p, stored[m]) for m, p in specs.items()})
     assert passes_alone == len(specs) * len(calls)          # one pass per batch (and draw) for all five
     assert all(c == sorted(specs) for c in calls)
-    for m in specs:
-        assert torch.equal(shared[m], alone[m]), m
+    for m in specs:  # NaN: MPRT excludes constant maps (gradcam's, with only the head randomised)
+        torch.testing.assert_close(shared[m], alone[m], rtol=0, atol=0, equal_nan=True, msg=m)
     assert not torch.equal(shared["gradcam"], shared["eigencam"])   # each method gets its own values
 
 

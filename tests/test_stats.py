@@ -187,9 +187,11 @@ def test_posthoc_skips_method_independent_metrics_and_uses_complete_cases():
 
 
 def kruskal_groups(samples: dict, method="gradcam") -> pd.DataFrame:
-    """Tidy rows: one (dataset, model) group per key 'dataset/model'."""
+    """Tidy rows: one (dataset, model) group per key 'dataset/model', each on its own images (independent
+    samples: image ids offset by 1000 per group; shared ids would make the design paired)."""
     return pd.concat([long_table({method: values}, dataset=name.split("/")[0], model=name.split("/")[1])
-                      for name, values in samples.items()])
+                      .assign(image_id=lambda f, j=j: f.image_id + 1000 * j)
+                      for j, (name, values) in enumerate(samples.items())])
 
 
 def test_kruskal_and_dunn_agree_with_the_references():

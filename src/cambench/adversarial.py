@@ -131,7 +131,8 @@ def projected_ascent(model: nn.Module, images: Tensor, labels: Tensor, start: Te
     return adv
 
 
-@register_perturbation("fgsm", needs=("model", "labels"), max_level=MAX_LEVEL,
+@register_perturbation("fgsm", bounds={"memory_mb": "(0, inf)"},
+                       needs=("model", "labels"), max_level=MAX_LEVEL,
                        summary="FGSM: x + ε·sign(∇x CE(model(x), label)), ε = level/255, clipped")
 def fgsm(x: AttackInputs, *, memory_mb: float = 1024.0) -> Tensor:
     """One signed-gradient step of size ε on the cross-entropy of the true labels, clipped to [0, 1].
@@ -156,7 +157,8 @@ def _per_chunk(x: AttackInputs, memory_mb: float, attack) -> Tensor:
     return out
 
 
-@register_perturbation("pgd", needs=("model", "labels"), max_level=MAX_LEVEL,
+@register_perturbation("pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)"},
+                       needs=("model", "labels"), max_level=MAX_LEVEL,
                        summary="L∞ PGD on the true labels' cross-entropy, ε = level/255, step = step_ratio·ε, "
                                "keyed random start")
 def pgd(x: AttackInputs, *, steps: int = 10, step_ratio: float = 0.25, random_start: bool = True,
@@ -265,7 +267,9 @@ def part_eps_map(model: nn.Module, images: Tensor, target_layer, eps: float, eps
     return eps_map.expand_as(images).contiguous()
 
 
-@register_perturbation("part_pgd", needs=("model", "labels", "target_layer"), max_level=MAX_LEVEL,
+@register_perturbation("part_pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)",
+                                           "mask_mode": MASK_MODES, "tau": "[0, 1]", "eps_low_ratio": "[0, 1]"},
+                       needs=("model", "labels", "target_layer"), max_level=MAX_LEVEL,
                        summary="PART's CAM-reweighted PGD: budget ε (level/255) on CAM-marked elements, "
                                "eps_low_ratio·ε elsewhere")
 def part_pgd(x: AttackInputs, *, method: str = "gradcam", mask_mode: str = "auto", tau: float = 0.5,

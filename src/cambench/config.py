@@ -6,6 +6,7 @@ then calls :func:`check_config`; :func:`validate_config` does both without Snake
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from pathlib import Path
@@ -13,14 +14,16 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .engine import METHODS, method_of
+from .engine import METHODS, CamError, method_of, resolve_layer
 from .metrics import METRICS
 from .models import ARCHITECTURES, resolve_architecture
 from .perturbations import PERTURBATIONS, perturbation_needs
+from .registry import ParamError
 
-# Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images.
-LEVEL_LIMITS = {"gaussian": 1.0, "shot": 1.0, "salt_and_pepper": 1.0, "speckle": 1.0, "gaussian_blur": 32.0,
-                "jpeg": 99.0, "brightness": 1.0, "contrast": 1.0, "fgsm": 255.0, "pgd": 255.0, "part_pgd": 255.0}
+# Upper bounds on severity where a larger value is meaningless for [0, 1] pixel images: each
+# perturbation's registered max_level (declared once, on the registration).
+LEVEL_LIMITS = {kind: PERTURBATIONS.get(kind).meta["max_level"] for kind in PERTURBATIONS.names()
+                if "max_level" in PERTURBATIONS.get(kind).meta}
 
 
 class ConfigError(ValueError):
@@ -39,9 +42,16 @@ def perturbation_sweep(config: dict) -> list[tuple[str, list[float], dict]]:
     return out
 
 
+_SCHEMAS: dict = {}
+
+
 def load_schema(path: str | Path) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
+    """The parsed schema (parsed once per file version: validation runs per config, often in tests)."""
+    key = (str(path), Path(path).stat().st_mtime_ns)
+    if key not in _SCHEMAS:
+        with open(path) as f:
+            _SCHEMAS[key] = yaml.safe_load(f)
+    return copy.deepcopy(_SCHEMAS[key])
 
 
 def _key(path) -> str:
@@ -66,7 +76,7 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"config key '{key}': {error.instance!r} is not allowed; allowed values: {schema['enum']}"
     if v == "type":
         return f"config key '{key}': expected {schema['type']}, got {error.instance!r}"
-    if "propertyNames" in error.relative_schema_path:
+    if "propertyNames" in error.relative_schema_path or (v == "pattern" and schema.get("x-name")):
         return (f"config key '{key}': name {error.instance!r} is not allowed; names must match "
                 f"{schema.get('pattern', schema)} (they become file names)")
     if v in ("minProperties", "minItems"):
@@ -104,7 +114,7 @@ def _types(schema: dict) -> list:
 
 
 def _copy(value):
-    return yaml.safe_load(yaml.safe_dump(value))
+    return copy.deepcopy(value)
 
 
 def validate_config(config: dict, schema_path: str | Path, workdir: str | Path = ".") -> dict:
@@ -118,7 +128,9 @@ def validate_config(config: dict, schema_path: str | Path, workdir: str | Path =
     return config
 
 
-def _check_params(registry, spec: dict, key: str) -> None:
+def _check_params(registry, spec: dict, key: str, params_key: str | None = None) -> None:
+    """Names registered, parameters known, of their type and within the bounds their registration
+    declares; the message names the parameter's own key (``params_key`` when they live elsewhere)."""
     for label, params in spec.items():
         name, params = method_of(label, params) if registry.kind == "method" else (label, dict(params or {}))
         if name not in registry:
@@ -127,10 +139,15 @@ def _check_params(registry, spec: dict, key: str) -> None:
         try:
             registry.get(name).check_params(params)
         except ValueError as err:
-            raise ConfigError(f"config key '{key}.{label}': {err}") from None
+            raise ConfigError(f"config key '{params_key or f'{key}.{label}'}{_dot(err)}': {err}") from None
 
 
-def _check_sycam(config: dict) -> None:
+def _dot(err: ValueError) -> str:
+    """'.<parameter>' where the error names one parameter (a ParamError), to extend the config key."""
+    return f".{err.param}" if isinstance(err, ParamError) and err.param else ""
+
+
+def _check_sycam(config: dict, workdir: Path) -> None:
     """Expressions parse; a searched expression has a usable metric, split and ground truth."""
     from .synthesis import TERMINALS, parse
     searched = []
@@ -152,7 +169,11 @@ def _check_sycam(config: dict) -> None:
     if search["split"] == config["cam"]["split"]:
         raise ConfigError(f"config key 'cam.sycam.split': '{search['split']}' is the evaluation split "
                           f"(cam.split); search on another split")
-    _check_params(METRICS, {search["metric"]: search.get("metric_params") or {}}, "cam.sycam.metric")
+    if search["metric"] not in METRICS:
+        raise ConfigError(f"config key 'cam.sycam.metric': unknown metric '{search['metric']}'; "
+                          f"registered: {', '.join(METRICS.names())}")
+    _check_params(METRICS, {search["metric"]: search.get("metric_params") or {}}, "cam.sycam.metric",
+                  "cam.sycam.metric_params")
     unknown = sorted(set(search.get("terminals") or []) - set(TERMINALS))
     if unknown:
         raise ConfigError(f"config key 'cam.sycam.terminals': unknown {unknown}; available: {', '.join(TERMINALS)}")
@@ -164,6 +185,27 @@ def _check_sycam(config: dict) -> None:
             if not (is_standin(dataset) or dataset.get("mask_root")):
                 raise ConfigError(f"config key 'cam.sycam.metric': '{search['metric']}' needs ground-truth "
                                   f"masks, but dataset '{model['dataset']}' (model '{name}') has no mask_root")
+    for name, model in config["models"].items():
+        if set(searched) & set(model.get("methods") or config["cam"]["methods"]):
+            missing = _missing_split(model["dataset"], config["datasets"][model["dataset"]], search["split"], workdir)
+            if missing:
+                raise ConfigError(f"config key 'cam.sycam.split': {missing} (model '{name}' searches on it)")
+
+
+def _missing_split(name: str, ds: dict, split: str, workdir: Path) -> str:
+    """Why dataset ``name`` will not have ``split`` ('' where it will or cannot be told before preparing)."""
+    from .data import FORMATS, standin_format
+    fmt = standin_format(ds["standin"]["kind"]) if is_standin(ds) else ds.get("format", "imagefolder")
+    if FORMATS.get(fmt).meta["splits"] == "assigned":
+        return "" if split in ("train", "test") else \
+            f"format '{fmt}' of dataset '{name}' has the splits train and test (options.test_fraction), not '{split}'"
+    generated = _native_standin_splits(ds)
+    if generated:
+        return "" if split in generated else \
+            f"split '{split}' is not generated by datasets.{name}.standin.counts ({', '.join(generated)})"
+    if not is_standin(ds) and fmt == "imagefolder" and ds.get("root") and not (workdir / ds["root"] / split).is_dir():
+        return f"no '{split}' split folder in {ds['root']} (dataset '{name}')"
+    return ""
 
 
 def _check_dataset(name: str, ds: dict, split: str, workdir: Path) -> None:
@@ -256,6 +298,77 @@ def _check_dims(name: str, model: dict, arch, ds: dict) -> None:
                           f"{'volumes' if have == 3 else 'images'}")
 
 
+def _meta_model(name: str, model: dict, arch):
+    """The model's architecture built on the meta device: its layer names, without weights, memory or
+    data (the class count does not change them). None for a 'module:function' architecture that does
+    not build there: user code is judged when its job builds it."""
+    import sys
+
+    import torch
+    params = model.get("params") or {}
+    source = getattr(sys.modules.get(arch.fn.__module__), "__file__", None)
+    if "torchvision" not in sys.modules and source and "import torchvision" in Path(source).read_text():
+        # imported here, not first inside the meta context, which would make its import-time tensors meta
+        import torchvision  # noqa: F401
+    try:
+        with torch.device("meta"):
+            return arch.fn(**{"n_classes": 2, **params})
+    except Exception as err:  # noqa: BLE001 -- any failure of the builder is the config's problem
+        if ":" in model["architecture"]:
+            return None
+        raise ConfigError(f"config key 'models.{name}.params': architecture '{model['architecture']}' cannot be "
+                          f"built with {params}: {type(err).__name__}: {err}") from None
+
+
+def _layer_problem(net, layer, where: str) -> str:
+    """'' if ``layer`` names a module of ``net``, else why not (``where``: the architecture and model),
+    with the engine's reason (resolve_layer)."""
+    if not isinstance(layer, str) or not layer:
+        return f"expected a dotted layer name of {where}, got {layer!r}"
+    try:
+        resolve_layer(net, layer)
+    except CamError as err:
+        text = str(err)
+        prefix = f"target_layer '{layer}': "
+        return f"no layer '{layer}' in {where} ({text[len(prefix):] if text.startswith(prefix) else text})"
+    return ""
+
+
+def _check_layers(config: dict) -> None:
+    """Every layer a job will hook exists: each model's target layer and the extra layers / head its
+    methods name (layercam_ms layers, MetaCAM components' layers, CAM's fc_layer), resolved on the
+    architecture built on the meta device, before any job."""
+    methods = config["cam"]["methods"]
+    wanted = {}  # label -> [(config key, layer)]
+    for label, params in methods.items():
+        name, params = method_of(label, params)
+        entry = METHODS.get(name)
+        try:  # extra_layers also checks what it reads (e.g. MetaCAM's components and their parameters)
+            extra = entry.meta.get("extra_layers")
+            layers = list(extra({**entry.parameters(), **params})) if extra is not None else []
+        except (ValueError, KeyError, TypeError) as err:  # CamError is a ValueError
+            raise ConfigError(f"config key 'cam.methods.{label}': {err}") from None
+        key = next((f"cam.methods.{label}.{k}" for k in ("layers", "component_params") if k in params),
+                   f"cam.methods.{label}")
+        wanted[label] = [(key, layer) for layer in layers]
+        if params.get("fc_layer"):
+            wanted[label].append((f"cam.methods.{label}.fc_layer", params["fc_layer"]))
+    for name, model in config["models"].items():
+        arch = resolve_architecture(model["architecture"])
+        net = _meta_model(name, model, arch)
+        if net is None:
+            continue
+        target = model.get("target_layer") or arch.meta.get("default_target_layer")
+        problem = _layer_problem(net, target, f"architecture '{model['architecture']}'")
+        if problem:
+            raise ConfigError(f"config key 'models.{name}.target_layer': {problem}")
+        for label in model.get("methods") or methods:
+            for key, layer in wanted[label]:
+                problem = _layer_problem(net, layer, f"architecture '{model['architecture']}' of model '{name}'")
+                if problem:
+                    raise ConfigError(f"config key '{key}': {problem}")
+
+
 def is_standin(dataset: dict) -> bool:
     return dataset.get("standin", {}).get("kind", "none") != "none"
 
@@ -285,7 +398,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         try:
             arch.check_params(model.get("params") or {})
         except ValueError as err:
-            raise ConfigError(f"config key '{key}.params': {err}") from None
+            raise ConfigError(f"config key '{key}.params{_dot(err)}': {err}") from None
         if not (model.get("target_layer") or arch.meta.get("default_target_layer")):
             raise ConfigError(f"config key '{key}.target_layer': architecture '{model['architecture']}' has no "
                               f"default target layer; name one (a dotted module name, e.g. net.layer4)")
@@ -316,7 +429,8 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         if unknown:
             raise ConfigError(f"config key 'models.{name}.methods': {unknown} are not labels of cam.methods "
                               f"({', '.join(config['cam']['methods'])})")
-    _check_sycam(config)
+    _check_layers(config)
+    _check_sycam(config, workdir)
     kinds = {kind: levels for kind, levels, _ in perturbation_sweep(config)}
     for kind, levels, params in perturbation_sweep(config):
         if kind == "none":
@@ -327,7 +441,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         if params and not perturbation_needs(kind):
             raise ConfigError(f"config key 'perturbations.{kind}.params': perturbation '{kind}' takes no parameters")
         if params:
-            _check_params(PERTURBATIONS, {kind: params}, "perturbations")
+            _check_params(PERTURBATIONS, {kind: params}, "perturbations", f"perturbations.{kind}.params")
         limit = LEVEL_LIMITS.get(kind, math.inf)
         bad = [lv for lv in levels if not 0 < lv <= limit]
         if bad:
@@ -342,10 +456,11 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
     if need_sweep and not kinds:
         raise ConfigError(f"config key 'metrics.compute': {need_sweep} need a perturbation sweep, "
                           f"but 'perturbations' is empty")
-    bad = [m for m in (config.get("stats") or {}).get("mixed_model_metrics") or [] if m not in METRICS]
-    if bad:
-        raise ConfigError(f"config key 'stats.mixed_model_metrics': unknown metric(s) {bad}; "
-                          f"registered: {', '.join(METRICS.names())}")
+    for key in ("stats.mixed_model_metrics", "report.curve_metrics", "report.cd_metrics"):
+        section, name = key.split(".")
+        bad = [m for m in (config.get(section) or {}).get(name) or [] if m not in METRICS]
+        if bad:
+            raise ConfigError(f"config key '{key}': unknown metric(s) {bad}; registered: {', '.join(METRICS.names())}")
     _check_papers(config)
 
 

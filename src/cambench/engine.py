@@ -12,6 +12,7 @@ the gradient of the target scores with respect to that output (never parameter g
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,8 +31,25 @@ NORM_EPS = 1e-7  # pytorch-grad-cam's epsilon in min-max normalisation (methods.
 # Bits of the per-image flag written next to every heatmap.
 FLAG_CONSTANT = 1   # the map had no spread (constant before normalisation) -> stored as zeros
 FLAG_NONFINITE = 2  # NaN/Inf appeared in the signed map and were replaced by 0
+FLAG_NONPOSITIVE_SCORE = 4  # Ablation-CAM: target score <= 0, which its weights divide by (the map may be inverted)
+# The heatmap file's per-method count attribute of each bit (store.HeatmapWriter); 1 and 2 mark degenerate maps.
+FLAG_COUNTS = {FLAG_CONSTANT: "n_constant", FLAG_NONFINITE: "n_nonfinite",
+               FLAG_NONPOSITIVE_SCORE: "n_nonpositive_score"}
 
-Targets = None | Tensor | Sequence[int] | Callable[[Tensor], Tensor]
+Targets = None | Tensor | Sequence[int] | Callable[[Tensor], Tensor] | Callable[[Tensor, Tensor], Tensor]
+"""What each map explains (README, "Python API"):
+
+* ``None``: the predicted class; a tensor / sequence of N class indices: one class per image.
+* ``fn(logits, image_index) -> (M,)``, a callable with two required positional parameters: the
+  target score of every row of ``logits`` (M, n_classes); ``image_index`` (M,) is the position, in
+  the ``images`` given to explain / explain_many, of the image each row belongs to. Perturbation
+  methods (Score-CAM, Ablation-CAM, SyCAM's score terms, AME-CAM) evaluate many rows per image in
+  chunks that mix images, so a target that depends on the image must read ``image_index``, e.g.
+  ``lambda logits, i: logits[torch.arange(len(i)), c[i]] - logits[torch.arange(len(i)), d[i]]``.
+* ``fn(logits) -> (M,)``, a callable of one argument: must be row-wise (each row's score depends on
+  that row alone, e.g. ``lambda logits: logits[:, 3] - logits[:, 5]``). Checked once per batch on
+  the batch's logits with the rows rotated and with a row repeated; one that fails is refused.
+"""
 
 
 class CamError(ValueError):
@@ -167,18 +185,70 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str) -> nn.Module:
     return module
 
 
+TWO_ARGUMENT_HINT = ("write an image-dependent target as a callable of two arguments, fn(logits, image_index), "
+                     "where image_index (M,) gives the image of each of the M rows of logits, e.g. "
+                     "lambda logits, i: logits[torch.arange(len(i)), classes[i]]")
+
+
+def takes_image_index(fn: Callable) -> bool:
+    """A callable target with two required positional parameters is called as fn(logits, image_index)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no introspectable signature: the one-argument protocol
+        return False
+    return sum(p.default is p.empty for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)) >= 2
+
+
+class _ImageOffset:
+    """A two-argument callable target seen from a batch that starts at image ``offset`` of the call."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], offset: int):
+        self.fn, self.offset = fn, offset
+
+    def __call__(self, logits: Tensor, image_index: Tensor) -> Tensor:
+        return self.fn(logits, image_index + self.offset)
+
+
+def _check_rowwise(call: Callable[[Tensor, Tensor], Tensor], logits: Tensor) -> None:
+    """Refuse a one-argument callable whose score of a row depends on the other rows or their count:
+    chunks of masked inputs mix rows of different images and have any number of rows."""
+    n = logits.shape[0]
+    logits = logits.detach()
+    with torch.no_grad():
+        base = call(logits, torch.arange(n, device=logits.device))
+        scale = float(base.abs().max().clamp_min(1.0)) if base.numel() else 1.0
+        rotated, repeated = torch.arange(n).roll(1), torch.cat([torch.arange(n), torch.zeros(1, dtype=torch.long)])
+        for idx in ([rotated] if n > 1 else []) + [repeated]:
+            idx = idx.to(logits.device)
+            if not torch.allclose(call(logits[idx], idx), base[idx], rtol=1e-5, atol=1e-6 * scale, equal_nan=True):
+                raise CamError("a one-argument callable target must score each row of logits on its own, but "
+                               f"its value for an image changed when the {n} rows were reordered or one was "
+                               f"repeated (it depends on the row's position); {TWO_ARGUMENT_HINT}")
+
+
 def _target_fn(logits: Tensor, targets: Targets) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor | None]:
     """The target as a function of (logits of some rows, the image of each row), and class indices."""
     n = logits.shape[0]
     if callable(targets) and not isinstance(targets, Tensor):
-        user_fn = targets
+        user_fn, two = targets, takes_image_index(targets)
 
         def call(rows_logits: Tensor, rows: Tensor) -> Tensor:
-            scores = user_fn(rows_logits)
-            if not isinstance(scores, Tensor) or scores.shape != rows_logits.shape[:1]:
-                raise CamError(f"a callable target must return a tensor of shape ({rows_logits.shape[0]},) "
-                               f"from the logits, got {getattr(scores, 'shape', type(scores))}")
+            m = rows_logits.shape[0]
+            try:
+                scores = user_fn(rows_logits, rows) if two else user_fn(rows_logits)
+            except CamError:
+                raise
+            except Exception as err:  # a user function: say where it failed, and how targets are called
+                how = "fn(logits, image_index)" if two else f"fn(logits); {TWO_ARGUMENT_HINT}"
+                raise CamError(f"the callable target failed on logits of shape {tuple(rows_logits.shape)} "
+                               f"({type(err).__name__}: {err}); it is called as {how}") from err
+            if not isinstance(scores, Tensor) or scores.shape != (m,):
+                hint = "" if two else f"; {TWO_ARGUMENT_HINT}"
+                raise CamError(f"a callable target must return a tensor of shape ({m},) for logits of {m} rows, "
+                               f"got {getattr(scores, 'shape', type(scores).__name__)}{hint}")
             return scores
+        if not two:
+            _check_rowwise(call, logits)
         return call, None
     if targets is None:
         idx = logits.detach().argmax(dim=1)
@@ -260,7 +330,7 @@ class _Session:
 
     def _run_replaced(self, inputs: Tensor, activations: Tensor) -> Tensor:
         def replace(_module, _inputs, _output):
-            return activations
+            return activations.clone()  # the head may work in place; the caller's tensor stays intact
         handle = self.layer.register_forward_hook(replace)
         try:
             with torch.no_grad():
@@ -311,7 +381,10 @@ class _Session:
         if key not in self._maps:
             entry.check_params(params)
             signed, weights = _signed_map(entry, self.inputs, params)
-            maps, flags = postprocess(signed, self.images.shape[2:])
+            maps, flags = postprocess(signed, self.images.shape[2:], scaling_of(entry, params))
+            extra = entry.meta.get("flags")  # a method's own per-image bits, e.g. Ablation-CAM's score <= 0
+            if extra is not None:
+                flags = flags | extra(self.inputs, full).to(torch.uint8)
             self._maps[key] = (maps, signed, flags, weights)
         return self._maps[key]
 
@@ -333,6 +406,10 @@ def capture(model: nn.Module, images: Tensor, layer: nn.Module | str, targets: T
     The trunk before the first hooked layer runs without autograd history; the graph from there
     on is kept for the batch so that methods can ask for gradients of other targets.
     """
+    if need_gradients and torch.is_inference_mode_enabled():  # it cannot be lifted from inside
+        raise CamError("the gradient methods cannot run under torch.inference_mode(), which forbids recording "
+                       "gradients; call explain under torch.no_grad() or with no grad context (the engine "
+                       "records gradients only from the target layer on)")
     layer = resolve_layer(model, layer)
     names = ["<target>"] + [n for n in dict.fromkeys(extra_layers)]
     modules = [layer] + [resolve_layer(model, n) for n in names[1:]]
@@ -346,7 +423,9 @@ def capture(model: nn.Module, images: Tensor, layer: nn.Module | str, targets: T
                 raise CamError("the target layer ran more than once in one forward pass; choose a "
                                "module that is called once (e.g. a block, not a shared ReLU)")
             if not need_gradients:
-                seen[i] = output.detach()
+                # A copy: in-place ops after the layer (ReLU(inplace), a residual `out += identity`)
+                # rewrite the output tensor itself, and every method reads ours later.
+                seen[i] = output.detach().clone()
                 return None
             # Start recording at the first hooked layer: the trunk ran without history.
             torch.set_grad_enabled(True)
@@ -405,18 +484,43 @@ def _minmax(maps: Tensor, eps: float = NORM_EPS) -> tuple[Tensor, Tensor]:
     return out, (hi - lo) <= eps
 
 
-def postprocess(signed: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
+def _maxscale(maps: Tensor, eps: float = NORM_EPS) -> tuple[Tensor, Tensor]:
+    """Non-negative maps divided by their max (no min subtracted); constant maps become 0."""
+    flat = maps.flatten(1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    constant = (hi - lo) <= eps
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    out = maps / torch.where(hi > 0, hi, torch.ones_like(hi)).view(shape)
+    return out.masked_fill(constant.view(shape), 0.0), constant
+
+
+SCALINGS = ("minmax", "max")
+
+
+def scaling_of(entry, params: Mapping) -> str:
+    """A method's final scaling: its registration's ``scaling`` ('minmax' when undeclared, or a
+    function of the parameters), e.g. CF-CAM's code divides by the max."""
+    scaling = entry.meta.get("scaling", "minmax")
+    return scaling({**entry.parameters(), **params}) if callable(scaling) else scaling
+
+
+def postprocess(signed: Tensor, size: Sequence[int], scaling: str = "minmax") -> tuple[Tensor, Tensor]:
     """ReLU -> min-max at feature resolution -> (bi/tri)linear up-sampling -> min-max.
 
     The last min-max makes every non-constant map span exactly [0, 1]; it equals pytorch-grad-cam's
     output (which normalises, resizes, and normalises again when it aggregates layers).
+    ``scaling`` 'max' divides by the max instead of min-max (both times; up-sampling is linear, so
+    this is the up-sampled ReLU map divided by its max, the floor kept). Constant maps become 0 in both.
     Returns the maps and uint8 flags.
     """
+    if scaling not in SCALINGS:
+        raise CamError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+    scale = _minmax if scaling == "minmax" else _maxscale
     finite = torch.isfinite(signed).flatten(1).all(dim=1)
     signed = torch.nan_to_num(signed, nan=0.0, posinf=0.0, neginf=0.0)
-    maps, constant = _minmax(signed.clamp_min(0))
+    maps, constant = scale(signed.clamp_min(0))
     maps = upsample(maps.unsqueeze(1), size).squeeze(1)
-    maps, _ = _minmax(maps)
+    maps, _ = scale(maps)
     flags = constant.to(torch.uint8) * FLAG_CONSTANT + (~finite).to(torch.uint8) * FLAG_NONFINITE
     return maps.clamp_(0, 1), flags
 
@@ -522,6 +626,8 @@ def explain_many(model: nn.Module, images: Tensor, methods, target_layer: nn.Mod
         for start in range(0, n, step):
             batch = images[start:start + step]
             tb = targets[start:start + step] if isinstance(targets, Tensor) else targets
+            if callable(tb) and not isinstance(tb, Tensor) and takes_image_index(tb) and start:
+                tb = _ImageOffset(tb, start)  # image_index counts from the first image of the call
             inputs = capture(model, batch, layer, tb, need_grad, extra_layers, memory_mb)
             maps, raw, flags, weights = {}, {}, {}, {}
             for label, params in spec.items():

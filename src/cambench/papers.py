@@ -216,8 +216,10 @@ def _test_rows(paper: Paper, stats_tables: dict[str, pd.DataFrame], models: list
                          "level": r.get("level", np.nan), "quantity": f"{r['test']}: {r['metric']}",
                          "value": r.get("statistic", np.nan), "ci_low": np.nan, "ci_high": np.nan,
                          "n": r.get("n", np.nan),
-                         "note": f"groups {r.get('groups', '')}; p = {r.get('p', np.nan):.3g}, Holm p = "
-                                 f"{r.get('p_adj', np.nan):.3g}; {r.get('effect_name', '')} = "
+                         "note": f"groups {r.get('groups', '')}; {r.get('design', '')} design; p = "
+                                 f"{r.get('p', np.nan):.3g}, Holm p = {r.get('p_adj', np.nan):.3g} (family "
+                                 f"{r.get('family', '')}), Holm p over the whole table = "
+                                 f"{r.get('p_adj_table', np.nan):.3g}; {r.get('effect_name', '')} = "
                                  f"{r.get('effect_size', np.nan):.3g}"})
     return rows
 
@@ -320,11 +322,12 @@ def write_paper_tables(papers: dict[str, list[str]], summary_csv, metrics_parque
 
 
 def metacam_ensembles(dataset_path, model_path, output, *, components: list[str], component_params: dict,
-                      k: float, consensus: str, metric_params: dict, split: str, dataset: str, model: str,
+                      k: float | str, consensus: str, metric_params: dict, split: str, dataset: str, model: str,
                       target_layer: str, images: int, batch_size: int, memory_mb: float, seed: int,
                       device: str = "auto") -> pd.DataFrame:
     """ROAD (combined) of the MetaCAM map of every subset of ``components`` on the first ``images``
-    images of ``split``, and each component's Cumulative Residual Effect (methods.md §2.11)."""
+    images of ``split``, and each component's Cumulative Residual Effect (methods.md §2.11); ``k``
+    'adaptive' chooses each image's k from ``k_grid`` (the method's grid when None)."""
     import torch
 
     from .data import read_dataset
@@ -341,7 +344,8 @@ def metacam_ensembles(dataset_path, model_path, output, *, components: list[str]
     target_layer = target_layer or default_target_layer(payload["architecture"])
     x = torch.from_numpy(ds.images[:images]).to(dev).float()
     scores = ensemble_sweep(net, x, target_layer, components, None, component_params, consensus, k,
-                            "road_combined", metric_params, batch_size, memory_mb)
+                            "road_combined", metric_params, batch_size, memory_mb,
+                            **({} if k_grid is None else {"k_grid": k_grid}))
     cre = cumulative_residual_effect(scores, components)
     rows = [{"dataset": dataset, "model": model, "kind": "subset", "subset": "+".join(sorted(s)), "size": len(s),
              "value": v} for s, v in sorted(scores.items(), key=lambda kv: (len(kv[0]), sorted(kv[0])))]

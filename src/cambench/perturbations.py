@@ -8,7 +8,7 @@ numbers), and nothing loops over images in Python.
 Images are in pixel space, [0, 1], shape (N, C, H, W) or (N, C, D, H, W) (D, the first spatial
 axis, is the axial one); the model's own first layer normalises them. Every perturbation keeps the
 shape and dtype, returns values in [0, 1], and is the exact identity at level 0. ``max_level`` (in
-each entry's meta, mirrored by ``config.LEVEL_LIMITS``) is the largest meaningful level.
+each entry's meta, read by ``config.LEVEL_LIMITS``) is the largest meaningful level.
 
 Severity conventions (methods.md §3.5, papers.md §8; the parametrisations are [our-reading]: the
 paper's noise definitions and grids are not known). Larger level = stronger perturbation.

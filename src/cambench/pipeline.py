@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .data import generate_standin as generate_standin_files
 from .data import prepare, read_dataset, split_size
-from .engine import explain_many, method_applies
+from .engine import FLAG_CONSTANT, FLAG_NONFINITE, METHODS, explain_many, method_applies, method_of
 from .metrics import METRICS, evaluate_applies
 from .metrics.robustness import combine_robustness
 from .models import (accuracy, build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
@@ -242,6 +242,13 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
             targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
             writer.write(start, explain_many(model, images, methods, layer, targets, memory_mb=memory_mb))
             bar.update(index.stop - index.start)
+    # The flag counts (attributes of the file) in the job log too; a method with flags of its own
+    # (Ablation-CAM: target score <= 0, which it divides by) always reports them.
+    for label, counts in writer.flag_counts.items():
+        own = METHODS.get(method_of(label, methods[label])[0]).meta.get("flags") is not None
+        if any(counts.values()) or own:
+            log.log(logging.WARNING if any(counts.values()) else logging.INFO, "%s %s~%s: %s of %d images",
+                    label, perturbation, level, ", ".join(f"{k} {v}" for k, v in counts.items()), n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -401,19 +408,18 @@ def join_metric_tables(shards: list[str | Path], output: str | Path, metric_orde
 
 def bootstrap_mean_ci(values: np.ndarray, classes: np.ndarray | None, n_boot: int, rng: np.random.Generator,
                       level: float = 0.95) -> tuple[float, float, float]:
-    """Point estimate and percentile bootstrap CI of the mean (or of the mean of class means)."""
+    """Point estimate and percentile bootstrap CI of the mean, or with ``classes`` of the mean of class
+    means, resampled within each class (stratified: every resample keeps each class's size, so each class
+    mean is a bootstrap of that class and the point estimate's weighting is that of every resample)."""
     n = len(values)
-    idx = rng.integers(0, n, size=(n_boot, n))
     if classes is None:
-        point, boots = values.mean(), values[idx].mean(axis=1)
+        point, boots = values.mean(), values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     else:
-        uniq, inv = np.unique(classes, return_inverse=True)
-        onehot = np.eye(len(uniq))[inv]                       # (n, C)
-        point = np.mean([values[inv == c].mean() for c in range(len(uniq))])
-        counts = onehot[idx].sum(axis=1)                      # (B, C)
-        sums = (values[:, None] * onehot)[idx].sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boots = np.nanmean(np.where(counts > 0, sums / counts, np.nan), axis=1)
+        members = [np.flatnonzero(classes == c) for c in np.unique(classes)]
+        point = np.mean([values[m].mean() for m in members])
+        # one (n_boot, n_c) draw per class (a handful of classes: the loop is over classes, not resamples)
+        boots = np.mean([values[m[rng.integers(0, len(m), size=(n_boot, len(m)))]].mean(axis=1) for m in members],
+                        axis=0)
     lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return float(point), float(lo), float(hi)
 
@@ -463,7 +469,9 @@ def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, outp
             aggregate = "class_mean" if aggregate == "class_mean" else "mean"
             point, lo, hi = bootstrap_mean_ci(values, group["label"].to_numpy() if aggregate == "class_mean" else None,
                                               n_boot, rng)
-        degenerate = int((group["map_flags"] != 0).sum()) if "map_flags" in group else 0
+        # degenerate maps only (constant, NaN/Inf); bit 4 (Ablation-CAM's score <= 0) is not a degenerate map
+        degenerate = int(((group["map_flags"] & (FLAG_CONSTANT | FLAG_NONFINITE)) != 0).sum()) \
+            if "map_flags" in group else 0
         rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group), n_degenerate=degenerate,
                          aggregate=aggregate,
                          higher_is_better=entry.meta.get("higher_is_better"), score=group["score"].iloc[0]))

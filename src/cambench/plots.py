@@ -341,14 +341,16 @@ def critical_difference(friedman_csv: str | Path, posthoc_csv: str | Path, outpu
         ax.set_xlim(0.5, max(len(methods), 2) + 0.5)
         ax.tick_params(labelsize=7)
         rec = test.iloc[0]
-        tested = f"Friedman p_adj = {rec['p_adj']:.2g}" if pd.notna(rec["p_adj"]) else "Friedman: no test"
+        # p_adj of the friedman table: Holm over every Friedman row of the table (its family 'table')
+        tested = (f"Friedman p (Holm, whole table) = {rec['p_adj']:.2g}" if pd.notna(rec["p_adj"])
+                  else "Friedman: no test")
         if "effect_size" in test and pd.notna(rec.get("effect_size")):
             tested += f", Kendall's W = {rec['effect_size']:.2f}"
         if not found:
             tested += "; no Nemenyi rows, pairs not tested"
         ax.set_title(f"{metric} ({_direction(metric)}): {tested}, n = {rec.get('n', '?')}", fontsize=9, pad=18)
     fig.suptitle(f"{model}, clean images: mean rank (1 = best, left); bars join methods the Nemenyi test "
-                 f"does not separate (p_adj ≥ {alpha:g})", fontsize=9)
+                 f"does not separate (Nemenyi p, family-wise over the metric's pairs, ≥ {alpha:g})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     _save(fig, output)
 

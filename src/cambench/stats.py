@@ -1,8 +1,14 @@
 """Statistical tests on the tidy metric table (scipy / statsmodels / scikit-posthocs; nothing hand-rolled).
 
-Every table has the columns ``STATS_COLUMNS`` (the Kruskal-Wallis table adds ``method``), one row per test:
-Friedman across methods, pairwise post-hoc tests (Wilcoxon signed-rank with Holm, Nemenyi), Kruskal-Wallis
-with Dunn pairs across (dataset, model) groups, and linear mixed models of method x severity.
+Every table has the columns ``STATS_COLUMNS`` (the across-models table adds ``method``), one row per test:
+Friedman across methods, pairwise post-hoc tests (Wilcoxon signed-rank with Holm, Nemenyi), the comparison
+of (dataset, model) groups (paired Wilcoxon / Friedman when the groups share images, Kruskal-Wallis with Dunn
+pairs when they do not), and linear mixed models of method x severity.
+
+``design`` says whether a row's samples are ``paired`` (the same images in every group) or ``independent``.
+``p_adj`` is Holm-adjusted within the family named in ``family``: ``table`` (every row of that kind in the
+table: the omnibus tests, the mixed-model terms) or ``block`` (the pairs of one block, or Nemenyi's own
+family-wise p). ``p_adj_table`` is Holm over every finite ``p`` of the table, whatever the family.
 """
 from __future__ import annotations
 
@@ -26,11 +32,14 @@ from .utils import atomic_path
 log = logging.getLogger(__name__)
 
 BLOCK_KEYS = ["dataset", "model", "perturbation", "level", "metric"]
-STATS_COLUMNS = BLOCK_KEYS + ["test", "groups", "statistic", "p", "p_adj", "effect_size", "effect_name",
-                              "significant", "n", "k", "mean_ranks", "note"]
+STATS_COLUMNS = BLOCK_KEYS + ["test", "design", "groups", "statistic", "p", "p_adj", "family", "p_adj_table",
+                              "effect_size", "effect_name", "significant", "n", "k", "mean_ranks", "note"]
 KRUSKAL_COLUMNS = BLOCK_KEYS[:2] + ["method"] + BLOCK_KEYS[2:] + STATS_COLUMNS[len(BLOCK_KEYS):]
 POSTHOC_TESTS = ("wilcoxon", "nemenyi")
 STATS_OUTPUTS = ("friedman", "posthoc", "kruskal", "mixed_model")
+# groups of (dataset, model) that share images are compared paired on the images they all have, provided
+# those are at least this share of the smallest group's images (else no test: see kruskal_table)
+PAIRED_MIN_SHARE = 0.5
 
 
 def _compared(table: pd.DataFrame) -> pd.DataFrame:
@@ -63,8 +72,14 @@ def _holm(p: pd.Series) -> pd.Series:
 
 def _finish(rows: list[dict], columns: list[str], alpha: float) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=columns)
-    for col in ("statistic", "p", "p_adj", "effect_size"):
+    for col in ("statistic", "p", "p_adj", "p_adj_table", "effect_size"):
         out[col] = out[col].astype(float)
+    return _table_wide(out, alpha)
+
+
+def _table_wide(out: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """``p_adj_table`` (Holm over every finite p of the table) and ``significant`` (``p_adj`` below alpha)."""
+    out["p_adj_table"] = _holm(out["p"]) if len(out) else np.nan
     out["significant"] = out["p_adj"] < alpha
     return out
 
@@ -91,7 +106,8 @@ def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     for key, group in table.groupby(BLOCK_KEYS, sort=True):
         wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
         methods = list(wide.columns)
-        row = dict(zip(BLOCK_KEYS, key), test="friedman", groups=",".join(methods), n=len(wide), k=len(methods),
+        row = dict(zip(BLOCK_KEYS, key), test="friedman", design="paired", family="table", groups=",".join(methods),
+                   n=len(wide), k=len(methods),
                    effect_name="kendall_w", statistic=np.nan, p=np.nan, effect_size=np.nan, mean_ranks="", note="")
         if len(methods) < 3 or len(wide) < 2:
             row["note"] = "needs >= 3 methods and >= 2 complete blocks"
@@ -102,13 +118,9 @@ def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             if np.isnan(chi2):
                 row["note"] = "all values tied within every block: no test"
         rows.append(row)
-    out = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if c not in ("p_adj", "significant")])
-    out["p_adj"] = np.nan
-    ok = out["p"].notna()
-    if ok.any():
-        out.loc[ok, "p_adj"] = multipletests(out.loc[ok, "p"], method="holm")[1]
-    out["significant"] = out["p_adj"] < alpha
-    return out[STATS_COLUMNS]
+    out = _finish(rows, STATS_COLUMNS, alpha)
+    out["p_adj"] = _holm(out["p"])  # the family is the table: p_adj = p_adj_table
+    return _table_wide(out, alpha)
 
 
 # ---------------------------------------------------------------------------------------------- post-hoc pairs
@@ -204,7 +216,7 @@ def posthoc_table(table: pd.DataFrame, alpha: float = 0.05, tests=POSTHOC_TESTS)
         methods = list(wide.columns)
         n, k = wide.shape
         base = dict(zip(BLOCK_KEYS, key), n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan,
-                    p_adj=np.nan, effect_size=np.nan)
+                    p_adj=np.nan, effect_size=np.nan, design="paired", family="block")
         if k < 2 or n < 2:
             rows += [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
                           effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
@@ -237,7 +249,7 @@ def posthoc_table(table: pd.DataFrame, alpha: float = 0.05, tests=POSTHOC_TESTS)
     return _finish(rows, STATS_COLUMNS, alpha)
 
 
-# ------------------------------------------------------------------------------- independent groups: Kruskal
+# ---------------------------------------------------------------- across (dataset, model) groups: paired or not
 
 def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:
     """Cliff's delta P(X > Y) - P(X < Y) from scipy's Mann-Whitney U of x: 2 U / (n_x n_y) - 1."""
@@ -245,14 +257,121 @@ def cliffs_delta(x: np.ndarray, y: np.ndarray) -> float:
     return float(2.0 * u / (len(x) * len(y)) - 1.0)
 
 
-def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Kruskal-Wallis across the (dataset, model) groups, per (method, perturbation, level, metric).
+def _shares_images(frame: pd.DataFrame) -> bool:
+    """Whether any image (dataset, image_id) has values in two groups: then the groups are paired samples.
+    Image ids number a data set's images, so groups of different data sets never share one."""
+    keys = frame.drop_duplicates(["group", "dataset", "image_id"])
+    return bool(keys.duplicated(["dataset", "image_id"]).any())
 
-    A method's values on the images of each (dataset, model) are one independent sample; keys present in
-    fewer than 2 groups are skipped. Effect size epsilon-squared H / (n - 1); Holm across the kruskal rows.
-    Then Dunn's pairs (scikit-posthocs, Holm within the family: ``p`` unadjusted, ``p_adj`` adjusted),
-    statistic |z| recovered from Dunn's two-sided p, effect size Cliff's delta (positive when the first group
-    of ``groups`` has larger values). ``dataset`` and ``model`` hold "*"; ``groups`` names "dataset/model".
+
+def _paired_group_rows(frame: pd.DataFrame, base: dict) -> list[dict]:
+    """The models of each data set compared on the images they all have (complete cases).
+
+    k = 2: one two-sided Wilcoxon signed-rank row (effect: rank-biserial of first - second). k >= 3: a
+    Friedman row (Kendall's W) and a Wilcoxon row per pair (Holm within the block). A data set with one
+    model is compared with nothing; groups sharing fewer than ``PAIRED_MIN_SHARE`` of the smallest group's
+    images (or fewer than 2) get one row without a test, saying so in ``note``.
+    """
+    rows = []
+    for dataset, part in frame.groupby("dataset", sort=True):
+        names = sorted(part["group"].unique())
+        if len(names) < 2:
+            continue
+        wide = part.pivot_table(index="image_id", columns="group", values="value", aggfunc="first")[names]
+        sizes = wide.notna().sum()
+        shared = wide.dropna()
+        n, k = len(shared), len(names)
+        block = dict(base, dataset=dataset, model="*", design="paired", n=n, k=k)
+        omnibus = dict(block, test="wilcoxon" if k == 2 else "friedman", groups=",".join(names), family="table",
+                       effect_name="rank_biserial" if k == 2 else "kendall_w")
+        need = max(2, int(np.ceil(PAIRED_MIN_SHARE * sizes.min())))
+        if n < need:
+            omnibus["note"] = (f"the groups share {n} images, fewer than {need} ({PAIRED_MIN_SHARE:g} of the smallest "
+                               f"group's {int(sizes.min())}, at least 2): no paired test")
+            rows.append(omnibus)
+            continue
+        values = shared.to_numpy(float)
+        omnibus["mean_ranks"] = json.dumps({g: round(float(r), 4)
+                                            for g, r in zip(names, stats.rankdata(values, axis=1).mean(axis=0))})
+        notes = [f"paired on the {n} images every group has"] if n < sizes.max() else []
+        if k == 2:
+            d = values[:, :1] - values[:, 1:]
+            statistic, p = paired_wilcoxon(d)
+            omnibus.update(statistic=statistic[0], p=p[0], effect_size=rank_biserial(d)[0])
+            if np.isnan(p[0]):
+                notes.append("all paired differences are zero: no test")
+            rows.append(dict(omnibus, note="; ".join(notes)))
+            continue
+        chi2, p, w, _ = friedman(values)
+        omnibus.update(statistic=chi2, p=p, effect_size=w)
+        rows.append(dict(omnibus, note="; ".join(notes + (["all values tied within every image: no test"]
+                                                          if np.isnan(chi2) else []))))
+        first, second = np.triu_indices(k, 1)
+        d = values[:, first] - values[:, second]
+        statistic, p = paired_wilcoxon(d)
+        p_adj = _holm(pd.Series(p)).to_numpy()
+        effect = rank_biserial(d)
+        for i, (a, b) in enumerate(zip(first, second)):
+            note = "; ".join(notes + (["all paired differences are zero: no test"] if np.isnan(p[i]) else []))
+            rows.append(dict(block, test="wilcoxon", groups=f"{names[a]},{names[b]}", family="block",
+                             statistic=statistic[i], p=p[i], p_adj=p_adj[i], effect_size=effect[i],
+                             effect_name="rank_biserial", note=note))
+    return rows
+
+
+def _independent_group_rows(frame: pd.DataFrame, names: list[str], base: dict) -> list[dict]:
+    """Kruskal-Wallis across the groups (epsilon-squared) and Dunn's pairs (Holm within, Cliff's delta)."""
+    samples = {name: frame.loc[frame["group"] == name, "value"].to_numpy(float) for name in names}
+    base = dict(base, dataset="*", model="*", design="independent", n=len(frame), k=len(names))
+    kruskal = dict(base, test="kruskal", groups=",".join(names), effect_name="epsilon_squared", family="table")
+    ranks = stats.rankdata(frame["value"].to_numpy(float))
+    kruskal["mean_ranks"] = json.dumps({name: round(float(ranks[(frame["group"] == name).to_numpy()].mean()), 4)
+                                        for name in names})
+    identical = np.all(frame["value"].to_numpy() == frame["value"].iloc[0])
+    if identical:
+        kruskal["note"] = "all values identical: no test"
+    else:
+        h, p = stats.kruskal(*samples.values())
+        kruskal.update(statistic=h, p=p, effect_size=h / (len(frame) - 1))
+    rows = [kruskal]
+    long = frame[["group", "value"]]
+    p_raw = p_holm = None
+    if not identical:
+        p_raw = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group").loc[names, names]
+        with _gc_frozen():
+            p_holm = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group",
+                                                  p_adjust="holm").loc[names, names]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pair = dict(base, test="dunn", groups=f"{a},{b}", n=len(samples[a]) + len(samples[b]), family="block",
+                        effect_name="cliffs_delta", effect_size=cliffs_delta(samples[a], samples[b]))
+            if identical:
+                pair["note"] = "all values identical: no test"
+            else:
+                p = float(p_raw.loc[a, b])
+                pair.update(p=p, p_adj=float(p_holm.loc[a, b]), statistic=float(stats.norm.isf(p / 2)))
+            rows.append(pair)
+    return rows
+
+
+def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """The (dataset, model) groups compared per (method, perturbation, level, metric); the ``kruskal`` output.
+
+    Keys present in fewer than 2 groups are skipped. The design follows the images (``design`` column):
+
+    - ``paired`` when any image (same data set, same ``image_id``) has values in two groups, as when several
+      models explain the same test images: per data set, the models on the images they all have, by
+      :func:`_paired_group_rows` (Wilcoxon signed-rank for 2 models, Friedman + Wilcoxon pairs for more;
+      rank-biserial / Kendall's W). ``dataset`` holds the data set, ``model`` "*". When some data sets have
+      one model and others several, only the models within a data set are compared.
+    - ``independent`` when no image is in two groups (e.g. one model per data set): Kruskal-Wallis across all
+      groups, effect size epsilon-squared H / (n - 1), then Dunn's pairs (scikit-posthocs, Holm within the
+      family: ``p`` unadjusted, ``p_adj`` adjusted), statistic |z| recovered from Dunn's two-sided p, effect
+      size Cliff's delta. ``dataset`` and ``model`` hold "*".
+
+    ``groups`` names "dataset/model"; effect sizes are positive when the first group has larger values.
+    ``p_adj``: Holm over the table's omnibus rows (``family`` 'table': kruskal, friedman, the 2-group
+    wilcoxon) or within the block's pairs (``family`` 'block'); ``p_adj_table``: Holm over every row.
     """
     table = _compared(table).dropna(subset=["value"])
     table = table.assign(group=table["dataset"].astype(str) + "/" + table["model"].astype(str))
@@ -262,43 +381,14 @@ def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
         names = sorted(frame["group"].unique())
         if len(names) < 2:
             continue
-        samples = {name: frame.loc[frame["group"] == name, "value"].to_numpy(float) for name in names}
-        n, k = len(frame), len(names)
-        base = dict(dataset="*", model="*", method=method, perturbation=perturbation, level=level, metric=metric,
-                    n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan, p_adj=np.nan, effect_size=np.nan)
-        kruskal = dict(base, test="kruskal", groups=",".join(names), effect_name="epsilon_squared")
-        ranks = stats.rankdata(frame["value"].to_numpy(float))
-        kruskal["mean_ranks"] = json.dumps({name: round(float(ranks[(frame["group"] == name).to_numpy()].mean()), 4)
-                                            for name in names})
-        identical = np.all(frame["value"].to_numpy() == frame["value"].iloc[0])
-        if identical:
-            kruskal["note"] = "all values identical: no test"
-        else:
-            h, p = stats.kruskal(*samples.values())
-            kruskal.update(statistic=h, p=p, effect_size=h / (n - 1))
-        rows.append(kruskal)
-        long = frame[["group", "value"]]
-        p_raw = p_holm = None
-        if not identical:
-            p_raw = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group").loc[names, names]
-            with _gc_frozen():
-                p_holm = scikit_posthocs.posthoc_dunn(long, val_col="value", group_col="group",
-                                                      p_adjust="holm").loc[names, names]
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                pair = dict(base, test="dunn", groups=f"{a},{b}", n=len(samples[a]) + len(samples[b]),
-                            effect_name="cliffs_delta", effect_size=cliffs_delta(samples[a], samples[b]))
-                if identical:
-                    pair["note"] = "all values identical: no test"
-                else:
-                    p = float(p_raw.loc[a, b])
-                    pair.update(p=p, p_adj=float(p_holm.loc[a, b]), statistic=float(stats.norm.isf(p / 2)))
-                rows.append(pair)
+        base = dict(method=method, perturbation=perturbation, level=level, metric=metric, mean_ranks="", note="",
+                    statistic=np.nan, p=np.nan, p_adj=np.nan, effect_size=np.nan)
+        rows += (_paired_group_rows(frame, base) if _shares_images(frame)
+                 else _independent_group_rows(frame, names, base))
     out = _finish(rows, KRUSKAL_COLUMNS, alpha)
-    is_kruskal = out["test"] == "kruskal"
-    out.loc[is_kruskal, "p_adj"] = _holm(out.loc[is_kruskal, "p"])
-    out["significant"] = out["p_adj"] < alpha
-    return out
+    omnibus = out["family"] == "table"
+    out.loc[omnibus, "p_adj"] = _holm(out.loc[omnibus, "p"])
+    return _table_wide(out, alpha)
 
 
 # ---------------------------------------------------------------------------------- mixed model over severity
@@ -308,7 +398,7 @@ def _mixed_model_rows(data: pd.DataFrame, base: dict) -> list[dict]:
     methods = sorted(data["method"].unique())
     severities = np.unique(data["severity"])
     base = dict(base, test="mixedlm", n=len(data), k=len(methods), mean_ranks="", statistic=np.nan, p=np.nan,
-                p_adj=np.nan, effect_size=np.nan, effect_name="coefficient")
+                p_adj=np.nan, effect_size=np.nan, effect_name="coefficient", design="paired", family="table")
 
     def failed(reason: str) -> list[dict]:
         return [dict(base, groups="", note=reason)]
@@ -372,8 +462,7 @@ def mixed_model_table(table: pd.DataFrame, metrics=None, alpha: float = 0.05) ->
             log.debug("mixedlm %s/%s %s %s: %.2f s", dataset, model, kind, metric, time.perf_counter() - started)
     out = _finish(rows, STATS_COLUMNS, alpha)
     out["p_adj"] = _holm(out["p"])
-    out["significant"] = out["p_adj"] < alpha
-    return out
+    return _table_wide(out, alpha)
 
 
 # ---------------------------------------------------------------------------------------------------- the rule

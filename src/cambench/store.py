@@ -7,10 +7,11 @@
     /scores         (N,) float32      the target score (logit) the gradients were taken of
     /heatmaps/<m>   (N, *S) f16|f32   post-processed map in [0, 1] at input resolution;
                                       chunked one image per chunk, gzip; attrs: params (JSON),
-                                      n_constant, n_nonfinite
+                                      n_constant, n_nonfinite, n_nonpositive_score (images per flag bit)
     /raw/<m>        (N, *s) float32   signed, un-normalised map at feature resolution
     /weights/<m>    (N, K) float32    channel weights, for methods whose map is sum_k w_k A^k (the axioms)
-    /flags/<m>      (N,) uint8        bit 1: constant map (stored as zeros), bit 2: NaN/Inf replaced
+    /flags/<m>      (N,) uint8        bit 1: constant map (stored as zeros), bit 2: NaN/Inf replaced,
+                                      bit 4: Ablation-CAM's target score <= 0 (engine.FLAG_*)
     attrs: provenance (JSON), dataset, model, perturbation, level, seed, target_layer,
            class_source, methods (JSON)
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .engine import FLAG_CONSTANT, FLAG_NONFINITE, CamResult
+from .engine import FLAG_COUNTS, CamResult
 from .utils import atomic_path
 
 STR = h5py.string_dtype()
@@ -98,10 +99,12 @@ class HeatmapWriter:
     def close(self) -> None:
         if self.written != self.n:
             raise RuntimeError(f"heatmap writer closed after {self.written} of {self.n} images")
+        self.flag_counts = {}  # method -> {count attribute: images}, for the job's log
         for method in self.params:
             flags = self.f[f"flags/{method}"][:]
-            self.f[f"heatmaps/{method}"].attrs["n_constant"] = int((flags & FLAG_CONSTANT).astype(bool).sum())
-            self.f[f"heatmaps/{method}"].attrs["n_nonfinite"] = int((flags & FLAG_NONFINITE).astype(bool).sum())
+            counts = {key: int((flags & bit).astype(bool).sum()) for bit, key in FLAG_COUNTS.items()}
+            self.f[f"heatmaps/{method}"].attrs.update(counts)
+            self.flag_counts[method] = counts
         self._stack.close()
 
     def __enter__(self):
@@ -251,8 +254,8 @@ def join_heatmaps(shards: list[str | Path], output: str | Path) -> dict:
                     for key, value in d.attrs.items():
                         v.attrs[key] = value
                     if group == "heatmaps":
-                        for key in ("n_constant", "n_nonfinite"):
-                            v.attrs[key] = int(sum(int(f[f"heatmaps/{method}"].attrs[key]) for f in handles))
+                        for key in FLAG_COUNTS.values():
+                            v.attrs[key] = int(sum(int(f[f"heatmaps/{method}"].attrs.get(key, 0)) for f in handles))
             for key, value in first.attrs.items():
                 if key not in ("rows", "provenance"):
                     out.attrs[key] = value

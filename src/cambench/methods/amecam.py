@@ -49,7 +49,10 @@ def _deletion_drops(x: CamInputs, maps: Tensor, rows: Tensor, fraction: float) -
     return x.scores[rows] - x.target(x.forward(deleted), rows)
 
 
-@register_method("amecam", needs_gradients=False,
+@register_method("amecam", bounds={"invert": INVERT_CHOICES, "auto_fraction": "(0, 1)"},
+                 needs_gradients=False,
+                 # the exit maps of the class index; only invert "auto" scores the target (the polarity)
+                 reads_target=lambda p: str(p.get("invert", "true")).lower() == "auto",
                  applies=lambda model, params: hasattr(model, "exit_maps") and hasattr(model, "aggregate"),
                  summary="AME-CAM: attention-weighted aggregation of a multi-exit model's exit maps "
                          "(needs architecture 'multi_exit_cnn' with a trained aggregator)")

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..engine import CamError, CamInputs, register_method
 
 CFCAM_FILTERS = ("code", "gaussian")
+CFCAM_NORMALISE = ("code", "minmax")  # the engine's final scaling: the code's divide-by-max, or min-max
 MIN_EPS = 1e-5            # the code's lower bound on the DBSCAN radius
 KERNEL_SUM_EPS = 1e-6     # the code's epsilon when normalising the bilateral-like kernel
 LABEL_IMPORTANT = -2      # labels returned by cfcam_weights: important channel / DBSCAN noise
@@ -236,10 +237,16 @@ def cfcam_weights(activations: Tensor, gradients: Tensor, importance_percentile:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-@register_method("cfcam", summary="CF-CAM: DBSCAN channel clusters, filtered cluster gradients, softmax weights")
+@register_method("cfcam", bounds={"importance_percentile": "[0, 100]", "eps_percentile": "[0, 100]",
+                                  "min_samples_fraction": "[0, 1]", "filter": CFCAM_FILTERS, "sigma_s": "(0, inf)",
+                                  "sigma_r": "(0, inf)", "sigma": "(0, inf)", "normalise": CFCAM_NORMALISE},
+                 # the code divides the up-sampled ReLU map by its max: the engine's 'max' scaling
+                 scaling=lambda p: "max" if p.get("normalise", "code") == "code" else "minmax",
+                 reads_target=True,
+                 summary="CF-CAM: DBSCAN channel clusters, filtered cluster gradients, softmax weights")
 def cfcam(x: CamInputs, importance_percentile: float = 75, eps_percentile: float = 25,
           min_samples_fraction: float = 0.05, filter: str = "code", sigma_s: float = 5.0,
-          sigma_r: float = 0.1, sigma: float = 1.0) -> Tensor:
+          sigma_r: float = 0.1, sigma: float = 1.0, normalise: str = "code") -> Tensor:
     """Signed CF-CAM map sum_{k in V} beta_k A^k, following the official code's steps [checked-code].
 
     1. Channels with L2 norm >= the ``importance_percentile`` percentile (NumPy 'linear') are important.
@@ -252,9 +259,12 @@ def cfcam(x: CamInputs, importance_percentile: float = 75, eps_percentile: float
        (replicate padding, our choice). In 3D both kernels are 3D.
     5. beta = softmax of w over the valid channels.
 
-    The code's final division by the map's max is superseded by the engine's ReLU and min-max,
-    which give the same normalised map. With fewer than two non-important channels, eps falls
-    back to 1e-5 (the code fails there). DBSCAN runs on chunks of images sized from the memory budget.
+    ``normalise`` (how the engine scales this map): ``code`` [checked-code] ReLU, bilinear
+    up-sampling, division by the max with no min subtracted, as the code does (the map keeps its
+    floor: softmax weights on non-negative activations rarely leave a zero pixel); ``minmax`` the
+    engine's usual min-max, which removes that floor (up to 0.34 apart in review). With fewer than
+    two non-important channels, eps falls back to 1e-5 (the code fails there). DBSCAN runs on
+    chunks of images sized from the memory budget.
     """
     k = x.activations.shape[1]
     chunk = x.rows_per_chunk(k * k * PAIR_BYTES)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..engine import METHODS, CamError, CamInputs, register_method
+from ..engine import METHODS, CamError, CamInputs, register_method, scaling_of
 from ..registry import UnknownNameError
 
 FINER_WEIGHTINGS = ("repo", "uniform")
@@ -44,6 +44,28 @@ def _base_needs_gradients(params: dict) -> bool:
     entry, base_params = _base_entry(params.get("base", "gradcam"), params.get("base_params"))
     need = entry.meta.get("needs_gradients", True)
     return bool(need(base_params) if callable(need) else need)
+
+
+def reads_target(entry, params: dict) -> bool:
+    """Whether a method's map depends on the target score (its registration's ``reads_target``,
+    True or a function of the parameters; undeclared: assumed True)."""
+    reads = entry.meta.get("reads_target", True)
+    return bool(reads({**entry.parameters(), **params}) if callable(reads) else reads)
+
+
+def _check_finercam(params: dict) -> None:
+    """Before any job: the base exists, takes its base_params, and reads the target (a base that
+    does not -- CAM, Eigen-CAM, MI-CAM, Score-CAM 'official', MetaCAM -- would silently give the plain base)."""
+    base = params.get("base", "gradcam")
+    entry, base_params = _base_entry(base, params.get("base_params"))
+    if not reads_target(entry, base_params):
+        given = f" with base_params {base_params}" if base_params else ""
+        raise CamError(f"finercam cannot use base '{base}'{given}: its map does not read the target score "
+                       "(class-agnostic, or it reads only the class index), so Finer-CAM would return the "
+                       "plain base; choose a base that reads the target, e.g. gradcam, layercam, scorecam")
+    if entry.meta.get("extra_layers") is not None:
+        raise CamError(f"finercam cannot use base '{base}': it reads other layers' gradients, which "
+                       "are only available for the original target")
 
 
 def reference_classes(logits: Tensor, targets: Tensor, ranks) -> Tensor:
@@ -90,7 +112,10 @@ def _retargeted(x: CamInputs, target_fn, with_gradients: bool) -> CamInputs:
     return dataclasses.replace(x, target_fn=target_fn, scores=scores, gradients=gradients)
 
 
-@register_method("finercam", needs_gradients=_base_needs_gradients,
+@register_method("finercam", bounds={"alpha": "[0, inf)", "reference_ranks": "each int [1, inf)",
+                                     "weighting": FINER_WEIGHTINGS},
+                 needs_gradients=_base_needs_gradients, check_params=_check_finercam, reads_target=True,
+                 scaling=lambda p: scaling_of(METHODS.get(p["base"]), p.get("base_params") or {}),  # the base's
                  summary="Finer-CAM: a base CAM of the target's contrast with its most similar classes")
 def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_ranks: list = (1, 2, 3),
              weighting: str = "repo", base_params: dict | None = None) -> Tensor:
@@ -110,8 +135,9 @@ def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_
     ``alpha`` = 0 runs the base on the plain target y^c: exactly the base CAM (the repository's
     "Baseline" mode). ``base_params`` are the base's own parameters. The base's registered function
     receives a copy of the inputs with the new target (``target_fn``, ``scores`` and, for gradient
-    bases, ``gradients``). Bases that read neither (CAM, Eigen-CAM, Score-CAM 'official', ensembles
-    that call other methods) are unaffected; bases with extra hooked layers are refused.
+    bases, ``gradients``). Bases that read none of these (registered with ``reads_target`` False:
+    CAM, Eigen-CAM, MI-CAM, Score-CAM 'official', MetaCAM) and bases with extra hooked layers are
+    refused when the parameters are checked, before any job.
     """
     entry, params = _base_entry(base, base_params)
     if weighting not in FINER_WEIGHTINGS:
@@ -122,9 +148,7 @@ def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_
             isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in reference_ranks):
         raise CamError(f"finercam 'reference_ranks' must be a list of integers >= 1 (rank 0 is the "
                        f"target class itself), got {reference_ranks!r}")
-    if entry.meta.get("extra_layers") is not None:
-        raise CamError(f"finercam cannot use base '{base}': it reads other layers' gradients, which "
-                       "are only available for the original target")
+    _check_finercam({"base": base, "base_params": base_params})
     if x.targets is None:
         raise CamError("Finer-CAM needs class targets: the reference classes are chosen relative to "
                        "the target class, so a callable target cannot be used")

@@ -10,9 +10,11 @@ Only the abstract is published; everything here is **our reading** of it (method
   activation (the ½ keeps the tie-breaker below one vote);
 * a pixel with ``C_i = 0`` is never in component i's top set (it would only get in through ties
   at zero, e.g. for a ReLU'd map with fewer than k % positive pixels);
-* adaptive k: per image, the k of ``k_grid`` that maximises a registered metric (ROAD combined by
-  default) of the thresholded consensus map, chosen on the other images of the batch
-  (``held_out``) or on the image itself (``same_image``, optimistic);
+* adaptive k (the default, the paper's adaptive thresholding): per image, the k of ``k_grid``
+  that maximises a registered metric (ROAD combined by default) of the thresholded consensus map
+  of that image (``same_image``): a function of the image alone, so maps do not depend on batch
+  size or composition; optimistic when the same metric then scores the map. A k held out from the
+  scored images: :func:`held_out_k` on another split, passed as a fixed ``k``;
 * the Cumulative Residual Effect over ensemble sweeps (:func:`cumulative_residual_effect`).
 
 Component maps come from ``x.method_map`` (post-processed to [0, 1] at input resolution and cached
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -31,16 +32,17 @@ from torch import Tensor, nn
 from ..engine import METHODS, CamError, CamInputs, Targets, explain_many, register_method
 from ..metrics import METRICS, MetricInputs, evaluate
 from ..metrics.road import percentile
-from ..registry import UnknownNameError
+from ..registry import UnknownNameError, nested_params
 
 # The pytorch-grad-cam CAMs of July 2023 (methods.md §2.11) that cambench implements; FullGrad is not.
 DEFAULT_COMPONENTS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "ablationcam",
                       "scorecam", "eigencam", "eigengradcam", "layercam")
 CONSENSUS = ("gated_mean", "vote")
-K_SELECTION = ("held_out", "same_image")
+# 'held_out' (leave-one-out over the batch) made each image's k depend on its batch: gone, see held_out_k
+K_SELECTION = ("same_image",)
 CRE_MODES = ("residual", "marginal")
 K_GRID = tuple(range(5, 101, 5))
-DEFAULT_K = 10.0
+DEFAULT_K = "adaptive"
 VOTE_TIE_WEIGHT = 0.5  # weight of the mean activation in 'vote': below one vote, so it only breaks ties
 
 
@@ -189,57 +191,53 @@ def metric_table(model: nn.Module, images: Tensor, candidates: Tensor, targets: 
     return values.view(g, n)
 
 
-def select_k(values: Tensor, k_selection: str = "held_out", higher_is_better: bool = True) -> Tensor:
+def select_k(values: Tensor, k_selection: str = "same_image", higher_is_better: bool = True) -> Tensor:
     """Index (N,) of the chosen grid entry per image from metric values (G, N); NaN = no value.
 
-    ``same_image``: the best entry for the image itself. ``held_out``: the best mean over the other
-    images of the batch (leave-one-out). Ties go to the first (smallest) entry.
+    ``same_image``: the best entry for the image itself, from its own column only (so a function
+    of the image alone). Ties go to the first (smallest) entry.
     """
     _check_choice(k_selection, K_SELECTION, "k_selection")
     v = values if higher_is_better else -values
-    finite = torch.isfinite(v)
-    if k_selection == "same_image":
-        score = v.masked_fill(~finite, -math.inf)
-    else:
-        vz = v.masked_fill(~finite, 0.0)
-        total = vz.sum(dim=1, keepdim=True) - vz
-        count = finite.sum(dim=1, keepdim=True) - finite.to(torch.long)
-        score = (total / count.clamp_min(1)).masked_fill(count == 0, -math.inf)
-    return score.argmax(dim=0)
+    return v.masked_fill(~torch.isfinite(v), -math.inf).argmax(dim=0)
 
 
 # --------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------
 
-@register_method("metacam", needs_gradients=_needs_gradients, extra_layers=_extra_layers,
+@register_method("metacam", bounds={"consensus": CONSENSUS, "k": ("adaptive", "(0, 100]"), "k_grid": "each (0, 100]",
+                         "k_selection": K_SELECTION},
+                 needs_gradients=_needs_gradients, extra_layers=_extra_layers,
+                 check_params=nested_params("metric_params", METRICS, "metric", "road_combined",
+                                            ignore=lambda name: name in MetricInputs.__dataclass_fields__),
+                 reads_target=False,  # components come from the session's own inputs (x.method_map)
                  summary="MetaCAM (our reading): consensus of the top-k % pixels of several CAMs")
 def metacam(x: CamInputs, components: list = DEFAULT_COMPONENTS, component_params: dict | None = None,
-            consensus: str = "gated_mean", k: float | str | None = None, k_grid: list = K_GRID,
-            k_selection: str = "held_out", metric: str = "road_combined",
+            consensus: str = "gated_mean", k: float | str = DEFAULT_K, k_grid: list = K_GRID,
+            k_selection: str = "same_image", metric: str = "road_combined",
             metric_params: dict | None = None) -> Tensor:
     """Consensus map (N, *S) at input resolution of the top-k % pixels of ``components``.
 
     Parameters (all our reading, methods.md §2.11): ``components`` registered method names (default:
     the ten of the paper's eleven CAMs that cambench has; FullGrad is not implemented);
     ``component_params`` name -> parameters of a component; ``consensus`` 'gated_mean' or 'vote';
-    ``k`` the top-k percentage in (0, 100] (None: 10, written so because the registry judges a
-    parameter's type by its default and k may also be a string), or 'adaptive': per image, the k
-    of ``k_grid`` whose
-    consensus map maximises ``metric`` (a registered metric, default 'road_combined', with
-    ``metric_params``; its memory_mb defaults to the engine's budget), minimising it where the
-    metric's lower values are better. The metric reads the model on ``x.images`` (the model
-    inputs) with the batch's target classes; all (image, k) pairs go through it in one call.
-    ``k_selection``: 'held_out' (default) picks, for each image, the k with the best mean metric
-    over the OTHER images of the batch (leave-one-out, so the image's own score never chooses its
-    k; a batch of one image falls back to 'same_image' with a warning); 'same_image' picks the best
-    k for the image itself, which is optimistic when that image is then scored with the same metric.
+    ``k`` 'adaptive' (the default: the paper's adaptive thresholding) or a fixed top-k percentage
+    in (0, 100]. Adaptive: per image, the k of ``k_grid`` whose consensus map maximises ``metric``
+    (a registered metric, default 'road_combined', with ``metric_params``; its memory_mb defaults
+    to the engine's budget), minimising it where the metric's lower values are better. The metric
+    reads the model on ``x.images`` (the model inputs) with the batch's target classes; all
+    (image, k) pairs go through it in one call. ``k_selection``: 'same_image' (the only choice)
+    picks each image's k from that image's own scores, so the map is a function of the image
+    alone, whatever the batch; it is optimistic when the image is then scored with the same
+    metric. For a k held out from the scored images, run :func:`held_out_k` on another split and
+    pass its result as a fixed ``k``.
     """
     spec = _component_spec(components, component_params)
     _check_choice(consensus, CONSENSUS, "consensus")
     maps = torch.stack([x.method_map(name, **p) for name, p in spec])       # (I, N, *S)
     if k != "adaptive":
-        return consensus_maps(maps, [DEFAULT_K if k is None else _check_k(k)], consensus)[0]
+        return consensus_maps(maps, [_check_k(k)], consensus)[0]
     if isinstance(k_grid, (str, bytes)) or not isinstance(k_grid, Sequence) or not k_grid:
         raise CamError(f"metacam: k_grid must be a non-empty list of percentages, got {k_grid!r}")
     grid = [_check_k(v, "k_grid entries") for v in k_grid]
@@ -247,10 +245,6 @@ def metacam(x: CamInputs, components: list = DEFAULT_COMPONENTS, component_param
     _, higher = _resolve_metric(metric, metric_params)
     if x.targets is None:
         raise CamError("metacam: adaptive k scores maps with a metric, which needs class targets, not a callable")
-    if k_selection == "held_out" and x.n == 1:
-        warnings.warn("metacam: k_selection 'held_out' has no other image in a batch of one; "
-                      "using 'same_image' for it", stacklevel=2)
-        k_selection = "same_image"
     candidates = consensus_maps(maps, grid, consensus)                    # (G, N, *S)
     budget_mb = max(1, x.rows_per_chunk(2**20))  # the engine's memory budget in MiB
     values = metric_table(x.model, x.images, candidates, x.targets, x.logits.argmax(dim=1), metric,
@@ -259,51 +253,86 @@ def metacam(x: CamInputs, components: list = DEFAULT_COMPONENTS, component_param
     return candidates[chosen, torch.arange(x.n, device=chosen.device)]
 
 
+def held_out_k(model: nn.Module, images: Tensor, target_layer: nn.Module | str, targets: Targets = None,
+               components: Sequence[str] = DEFAULT_COMPONENTS, component_params: dict | None = None,
+               consensus: str = "gated_mean", k_grid: Sequence[float] = K_GRID, metric: str = "road_combined",
+               metric_params: dict | None = None, batch_size: int | None = None,
+               memory_mb: float = 1024.0) -> float:
+    """The k of ``k_grid`` with the best mean ``metric`` of the MetaCAM maps over ``images``: a held-out
+    set (e.g. images of the training split), so that metacam's fixed ``k`` is not chosen on the images
+    it is scored on. Images where the metric does not apply are skipped."""
+    spec = _component_spec(components, component_params)
+    grid = [_check_k(v, "k_grid entries") for v in k_grid]
+    _, higher = _resolve_metric(metric, metric_params)
+    result = explain_many(model, images, {name: p for name, p in spec}, target_layer, targets, batch_size, memory_mb)
+    if (result.targets < 0).any():
+        raise CamError("held_out_k scores maps with a metric, which needs class targets, not a callable")
+    maps = torch.stack([result.maps[name] for name, _ in spec])
+    values = metric_table(model, images, consensus_maps(maps, grid, consensus), result.targets,
+                          result.predictions, metric, metric_params, memory_mb).nanmean(dim=1)   # (G,)
+    values = values if higher else -values
+    return grid[int(values.masked_fill(~torch.isfinite(values), -math.inf).argmax())]
+
+
 # --------------------------------------------------------------------------------------------
 # Ensemble sweeps and the Cumulative Residual Effect
 # --------------------------------------------------------------------------------------------
 
 def ensemble_sweep(model: nn.Module, images: Tensor, target_layer: nn.Module | str,
                    components: Sequence[str] = DEFAULT_COMPONENTS, targets: Targets = None,
-                   component_params: dict | None = None, consensus: str = "gated_mean", k: float = 10.0,
+                   component_params: dict | None = None, consensus: str = "gated_mean", k: float | str = DEFAULT_K,
                    metric: str = "road_combined", metric_params: dict | None = None,
-                   batch_size: int | None = None, memory_mb: float = 1024.0) -> dict[frozenset, float]:
+                   batch_size: int | None = None, memory_mb: float = 1024.0,
+                   k_grid: Sequence[float] = K_GRID) -> dict[frozenset, float]:
     """Mean metric over the batch of the MetaCAM map of every non-empty subset of ``components``.
 
     The component maps come from one :func:`cambench.explain_many` call; the consensus of every
     subset is a matrix product of the subset indicator (2^I − 1, I) with the per-component gated
     maps, and all (subset, image) pairs go through the metric in chunks sized by ``memory_mb``.
-    ``k`` is fixed (no adaptive k here). Means skip images where the metric does not apply.
+    ``k``: 'adaptive' (as the method: per subset and image, the entry of ``k_grid`` whose consensus
+    scores best on ``metric``, which is then the value that image contributes) or a fixed top-k
+    percentage. Adaptive costs ``len(k_grid)`` metric evaluations per (subset, image) instead of one.
+    Means skip images where the metric does not apply.
     Returns ``{frozenset(subset names): mean value}``.
     """
     spec = _component_spec(components, component_params)
     _check_choice(consensus, CONSENSUS, "consensus")
-    k = _check_k(k)
-    _resolve_metric(metric, metric_params)
+    if k == "adaptive":
+        if isinstance(k_grid, (str, bytes)) or not isinstance(k_grid, Sequence) or not k_grid:
+            raise CamError(f"metacam: k_grid must be a non-empty list of percentages, got {k_grid!r}")
+        grid = [_check_k(v, "k_grid entries") for v in k_grid]
+    else:
+        grid = [_check_k(k)]
+    _, higher = _resolve_metric(metric, metric_params)
     result = explain_many(model, images, {name: p for name, p in spec}, target_layer, targets, batch_size, memory_mb)
     if (result.targets < 0).any():
         raise CamError("ensemble_sweep scores maps with a metric, which needs class targets, not a callable")
     names = [name for name, _ in spec]
     maps = torch.stack([result.maps[name] for name in names])             # (I, N, *S)
     n_comp, n = maps.shape[:2]
-    chosen = top_k_masks(maps.flatten(0, 1), [k])[0].view(n_comp, -1).to(maps.dtype)  # (I, N·P)
+    g = len(grid)
+    chosen = top_k_masks(maps.flatten(0, 1), grid).reshape(g, n_comp, -1).to(maps.dtype)  # (G, I, N·P)
     subsets = torch.tensor(list(itertools.product((0.0, 1.0), repeat=n_comp))[1:], dtype=maps.dtype,
                            device=maps.device)                            # (2^I − 1, I), non-empty
-    size = subsets.sum(dim=1, keepdim=True)
-    gated, flat = chosen * maps.flatten(1), maps.flatten(1)
-    # per subset: the batch's images repeated once, plus a few copies of its maps
-    per_subset = images.numel() * images.element_size() + 4 * flat.shape[1] * flat.element_size()
+    size = subsets.sum(dim=1)[:, None, None]
+    flat = maps.flatten(1)
+    gated = chosen * flat                                                 # (G, I, N·P)
+    # per subset: the batch's images repeated once per k, plus a few copies of its maps
+    per_subset = g * (images.numel() * images.element_size() + 4 * flat.shape[1] * flat.element_size())
     step = max(1, int(memory_mb * 2**20 // per_subset))
     means = []
-    for start in range(0, subsets.shape[0], step):  # chunks of subsets, every image at once
+    for start in range(0, subsets.shape[0], step):  # chunks of subsets, every k and image at once
         sub, sz = subsets[start:start + step], size[start:start + step]
         if consensus == "gated_mean":
-            combined = sub @ gated / sz
+            combined = torch.einsum("si,gip->sgp", sub, gated) / sz
         else:
-            combined = (sub @ chosen + VOTE_TIE_WEIGHT * (sub @ flat) / sz) / sz
+            combined = (torch.einsum("si,gip->sgp", sub, chosen) + VOTE_TIE_WEIGHT * (sub @ flat)[:, None] / sz) / sz
         values = metric_table(model, images, combined.view((-1, n) + tuple(maps.shape[2:])), result.targets,
-                              result.predictions, metric, metric_params, memory_mb)
-        means.append(values.nanmean(dim=1))
+                              result.predictions, metric, metric_params, memory_mb).view(-1, g, n)
+        # each image's best k (first on ties, as select_k); a single k is the plain value
+        oriented = values if higher else -values
+        best = oriented.masked_fill(~torch.isfinite(oriented), -math.inf).argmax(dim=1, keepdim=True)
+        means.append(values.gather(1, best).squeeze(1).nanmean(dim=1))
     means = torch.cat(means).tolist()
     return {frozenset(n_ for n_, on in zip(names, row) if on): v
             for row, v in zip(subsets.bool().tolist(), means)}

@@ -51,7 +51,8 @@ def mutual_information(a: Tensor, b: Tensor, bins: int, normalised: bool = False
     return mi
 
 
-@register_method("micam", needs_gradients=False,
+@register_method("micam", bounds={"bins": "int [2, inf)", "pair": MICAM_PAIRS},
+                 needs_gradients=False, reads_target=False,
                  summary="MI-CAM: channel weights = mutual information of each up-sampled map with the image "
                          "(class-agnostic)")
 def micam(x: CamInputs, bins: int = 32, normalised: bool = False, pair: str = "map_vs_image",

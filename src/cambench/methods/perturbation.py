@@ -7,12 +7,14 @@ memory budget; everything stays on the images' device.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..engine import REPLAY_MEMORY_FACTOR, CamError, CamInputs, register_method
+from ..engine import FLAG_NONPOSITIVE_SCORE, REPLAY_MEMORY_FACTOR, CamError, CamInputs, register_method
+from ..models import Normalize
 from ..utils import upsample
 
 SCORECAM_VARIANTS = ("pgc", "torchcam", "official")
+SCORECAM_BASELINES = ("mean", "black")
 MASK_EPS = 1e-8  # pytorch-grad-cam's epsilon in the mask normalisation
 
 
@@ -21,22 +23,61 @@ def _rows(start: int, stop: int, k: int, device) -> tuple[Tensor, Tensor]:
     return rows // k, rows % k
 
 
-def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, live: Tensor, k: int, chunk: int,
-                   align: bool, scores: Tensor, saliency: Tensor | None) -> None:
-    """Fill ``scores`` (and the 'official' saliency) for the (image, channel) rows ``live``, chunk by chunk."""
+def baseline_colour(model: nn.Module, images: Tensor, baseline: str = "mean") -> Tensor | None:
+    """The pixel value ``(1, C, 1, ...)`` that a zero mask leaves, or None for 0 (black).
+
+    ``mean``: the mean of the model's first :class:`cambench.models.Normalize` (its input
+    normalisation, in pixel space), so that ``mean + m * (x - mean)`` is the masked *normalised*
+    tensor ``m * Normalize(x)`` that pytorch-grad-cam, torchcam and the authors' code feed the
+    network; a model without a Normalize gets 0 (its input is taken to be normalised already).
+    ``black``: 0, i.e. ``m * x`` in pixel space.
+    """
+    if baseline not in SCORECAM_BASELINES:
+        raise CamError(f"scorecam baseline must be one of {SCORECAM_BASELINES}, got {baseline!r}")
+    if baseline == "black":
+        return None
+    norm = next((m for m in model.modules() if isinstance(m, Normalize)), None)
+    if norm is None:
+        return None
+    mean = norm.mean.detach().to(images).reshape(-1)
+    if mean.numel() not in (1, images.shape[1]):
+        raise CamError(f"scorecam baseline 'mean': the model's Normalize has {mean.numel()} mean values "
+                       f"for images with {images.shape[1]} channels")
+    return mean.view((1, -1) + (1,) * (images.ndim - 2))
+
+
+def _masks(acts: Tensor, size, variant: str) -> tuple[Tensor, Tensor | None]:
+    """Masks in [0, 1] (M, 1, *S) of activation maps (M, 1, *s), and the up-sampled maps.
+
+    pgc / official: up-sample (align_corners True / False), then min-max; torchcam: min-max at
+    feature resolution, then up-sample (align_corners=False), as torchcam's code does.
+    """
+    shape = (-1,) + (1,) * (acts.ndim - 1)
+    if variant == "torchcam":
+        lo, hi = torch.aminmax(acts.flatten(1), dim=1)
+        return upsample((acts - lo.view(shape)) / (hi - lo + MASK_EPS).view(shape), size, False), None
+    up = upsample(acts, size, variant == "pgc")
+    lo, hi = torch.aminmax(up.flatten(1), dim=1)                          # one pass for both
+    return (up - lo.view(shape)) / (hi - lo + MASK_EPS).view(shape), up
+
+
+def _masked_scores(x: CamInputs, images: Tensor, centre: Tensor | None, variant: str, flat: Tensor,
+                   live: Tensor, k: int, chunk: int, scores: Tensor, saliency: Tensor | None) -> None:
+    """Fill ``scores`` (and the 'official' saliency) for the (image, channel) rows ``live``, chunk by
+    chunk; a masked input is ``centre + m * (x - centre)`` (``m * x`` when ``centre`` is None)."""
     size = images.shape[2:]
     # One buffer for every chunk's masked inputs, in the images' (channels-last) layout: a fresh
     # allocation per chunk made the forwards measurably slower on CPU.
     buffer = torch.empty_like(images[:1]).expand(min(chunk, live.numel()), *images.shape[1:]).clone(
         memory_format=torch.preserve_format)
+    centred = images if centre is None else images - centre              # keeps the layout
     for i in range(0, live.numel(), chunk):
         rows = live[i:i + chunk]
         img = rows // k
-        up = upsample(flat[rows], size, align)                           # (M, 1, *S)
-        u_lo, u_hi = torch.aminmax(up.flatten(1), dim=1)                  # one pass for both
-        shape = (-1,) + (1,) * (up.ndim - 1)
-        masks = (up - u_lo.view(shape)) / (u_hi - u_lo + MASK_EPS).view(shape)
-        masked = torch.mul(images[img], masks, out=buffer[:rows.numel()])
+        masks, up = _masks(flat[rows], size, variant)                     # (M, 1, *S)
+        out = buffer[:rows.numel()]
+        masked = torch.mul(centred[img], masks, out=out) if centre is None else \
+            torch.addcmul(centre, centred[img], masks, out=out)
         logits = x.forward(masked, chunk=rows.numel())
         if variant == "official":
             s = logits.softmax(dim=1).gather(1, x.targets[img, None]).squeeze(1)
@@ -46,15 +87,32 @@ def _masked_scores(x: CamInputs, images: Tensor, variant: str, flat: Tensor, liv
         scores[rows] = s.float()
 
 
-@register_method("scorecam", needs_gradients=False,
+@register_method("scorecam", bounds={"variant": SCORECAM_VARIANTS, "baseline": SCORECAM_BASELINES,
+                                     "chunk_size": "int [0, inf)"},
+                 needs_gradients=False,
+                 # 'official' scores the softmax probability of the class index, not the target
+                 reads_target=lambda p: p.get("variant", "pgc") != "official",
                  summary="Score-CAM: channel weights from the scores of activation-masked inputs")
-def scorecam(x: CamInputs, variant: str = "pgc", chunk_size: int = 0) -> Tensor:
-    """Weights from the target score of ``x * Norm(Up(A^k))`` for every channel k.
+def scorecam(x: CamInputs, variant: str = "pgc", baseline: str = "mean", chunk_size: int = 0) -> Tensor:
+    """Weights from the target score of the input masked by ``Norm(Up(A^k))`` for every channel k.
 
-    ``pgc`` (pytorch-grad-cam): masks up-sampled with align_corners=True, softmax over the K
-    logit scores. ``torchcam``: align_corners=False, softmax over score minus the zero-image
-    score. ``official`` (haofanwang/Score-CAM): softmax probability of the target class, constant
-    channels skipped, map accumulated from the un-normalised up-sampled activations.
+    The reference codes multiply the network's *normalised* input by the mask. cambench models
+    take pixel images and normalise inside, so ``baseline`` says what masked-out pixels become:
+    ``mean`` (default) the mean of the model's first ``Normalize``, i.e. the masked input is
+    ``mean + m * (x - mean)`` = the normalised tensor times ``m``: every variant's "input" is the
+    normalised tensor, as pytorch-grad-cam, torchcam and the authors' code see it when given the
+    network behind the Normalize (a model without a Normalize: 0, its input is taken to be
+    normalised already); ``black``: ``m * x`` in pixel space (those codes given the whole model).
+
+    ``pgc`` (pytorch-grad-cam): masks up-sampled with align_corners=True then min-max normalised,
+    softmax over the K target scores. ``torchcam``: masks min-max normalised at feature resolution,
+    then up-sampled with align_corners=False; softmax over the scores (torchcam subtracts the
+    unmasked input's score first, a per-image constant that the softmax ignores). ``official``
+    (haofanwang/Score-CAM): up-sampled with align_corners=False then min-max normalised, softmax
+    probability of the target class, the map accumulated from the un-normalised up-sampled
+    activations (the code's min-max has no epsilon; ours keeps 1e-8). A constant channel (at
+    feature resolution) has an all-zero mask: pgc / torchcam score it with the baseline image
+    (``x`` fully masked out), official skips it.
     ``chunk_size`` is the number of masked inputs per forward (0: from the memory budget).
     """
     if variant not in SCORECAM_VARIANTS:
@@ -62,29 +120,27 @@ def scorecam(x: CamInputs, variant: str = "pgc", chunk_size: int = 0) -> Tensor:
     if variant == "official" and x.targets is None:
         raise CamError("scorecam variant 'official' scores class probabilities; it needs class targets")
     images, acts = x.images, x.activations
+    centre = baseline_colour(x.model, images, baseline)  # the user's model: the copy may fold Normalize
     n, k = acts.shape[:2]
     size = images.shape[2:]
-    align = variant == "pgc"
     flat = acts.reshape(n * k, 1, *acts.shape[2:])
     lo = flat.flatten(1).min(dim=1).values
     hi = flat.flatten(1).max(dim=1).values
-    constant = hi - lo <= 0                      # their mask is all zeros: the zero image's score
+    constant = hi - lo <= 0                      # their mask is all zeros: the baseline image's score
     chunk = chunk_size or x.input_rows_per_chunk()
     scores = acts.new_zeros(n * k, dtype=torch.float32)
     saliency = images.new_zeros((n,) + tuple(size)) if variant == "official" else None
     live = (~constant).nonzero().squeeze(1)
     with x.fast_forwards() as fast_images:
-        _masked_scores(x, fast_images, variant, flat, live, k, chunk, align, scores, saliency)
+        _masked_scores(x, fast_images, centre, variant, flat, live, k, chunk, scores, saliency)
+        if variant != "official" and constant.any():
+            # One forward of the baseline image serves every constant channel of every image.
+            blank = images.new_zeros(images[:1].shape) + (0.0 if centre is None else centre)
+            base = x.target(x.forward(blank).expand(n, -1), torch.arange(n, device=images.device))
+            scores = torch.where(constant, base.repeat_interleave(k).float(), scores)
     if variant == "official":
         return saliency
-    if constant.any():  # one forward of the zero image per batch image serves every constant channel
-        zero_scores = x.target(x.forward(torch.zeros_like(images)), torch.arange(n, device=images.device))
-        scores = torch.where(constant, zero_scores.repeat_interleave(k).float(), scores)
-    scores = scores.view(n, k)
-    if variant == "torchcam":
-        baseline = x.target(x.forward(torch.zeros_like(images)), torch.arange(n, device=images.device))
-        scores = scores - baseline[:, None].float()
-    return scores.softmax(dim=1).to(acts.dtype)
+    return scores.view(n, k).softmax(dim=1).to(acts.dtype)
 
 
 def ablated_scores(x: CamInputs, values: Tensor, chunk_size: int = 0) -> Tensor:
@@ -104,7 +160,9 @@ def ablated_scores(x: CamInputs, values: Tensor, chunk_size: int = 0) -> Tensor:
     return out.view(n, k)
 
 
-@register_method("ablationcam", needs_gradients=False,
+@register_method("ablationcam", bounds={"ablation_value": "(-inf, inf)", "chunk_size": "int [0, inf)"},
+                 needs_gradients=False, reads_target=True,
+                 flags=lambda x, params: (x.scores <= 0).to(torch.uint8) * FLAG_NONPOSITIVE_SCORE,
                  summary="Ablation-CAM: relative score drop when one channel is ablated")
 def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: int = 0) -> Tensor:
     """w_k = (y^c - y^c with channel k set to the ablation value) / y^c.
@@ -112,6 +170,8 @@ def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: i
     ``ablation_value`` None: 0 where the image's activations have minimum 0, else min - 1e7
     (pytorch-grad-cam's rule for layers with negative activations). Only the model after the
     target layer is re-run when it depends on nothing else (see ``CamInputs.replay``).
+    Dividing by y^c inverts the weights where y^c < 0: such images get flag bit
+    ``FLAG_NONPOSITIVE_SCORE`` (4), counted in the heatmap file's ``n_nonpositive_score``.
     """
     acts = x.activations
     n = acts.shape[0]

@@ -18,7 +18,17 @@ def _needs_gradients(params: dict) -> bool:
     return uses_gradients(resolve_expression(params.get("expression", DEFAULT_EXPRESSION)))
 
 
-@register_method("sycam", needs_gradients=_needs_gradients,
+def _reads_target(params: dict) -> bool:
+    """Every terminal but act_mean reads the target (its gradients, masked or ablated scores)."""
+    try:
+        expr = resolve_expression(params.get("expression", DEFAULT_EXPRESSION))
+    except (CamError, OSError):
+        return True  # e.g. the workflow's 'search' placeholder: judged once the expression exists
+    return any(t != "act_mean" for t in expr.terminals())
+
+
+@register_method("sycam", bounds={"chunk_size": "int [0, inf)"},
+                 needs_gradients=_needs_gradients, reads_target=_reads_target,
                  summary="SyCAM: channel weights from a (synthesised) expression over CAM terminals")
 def sycam(x: CamInputs, expression: str = DEFAULT_EXPRESSION, chunk_size: int = 0) -> Tensor:
     """Weights w = e(terminals) (N, K) for the grammar expression ``expression`` [our-reading].

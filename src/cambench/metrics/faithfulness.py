@@ -220,14 +220,18 @@ def _curve_auc(x: MetricInputs, metric: str, steps: int, substrate: str, score: 
     return trapezoid_auc(removal_curve(x, steps, base, replacement, score))
 
 
-@register_metric("deletion_auc", needs=("model",), higher_is_better=False, family="faithfulness",
+@register_metric("deletion_auc", bounds={"steps": "int [1, inf)", "substrate": SUBSTRATES, "score": SCORES,
+                         "blur_padding": BLUR_PADDINGS},
+                 needs=("model",), higher_is_better=False, family="faithfulness",
                  summary="area under the target score as the most salient pixels are removed")
 def deletion_auc(x: MetricInputs, steps: int = 64, substrate: str = "mean", score: str = "prob",
                  blur_padding: str = "mean") -> Tensor:
     return _curve_auc(x, "deletion_auc", steps, substrate, score, blur_padding, insert=False)
 
 
-@register_metric("insertion_auc", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("insertion_auc", bounds={"steps": "int [1, inf)", "substrate": SUBSTRATES, "score": SCORES,
+                         "blur_padding": BLUR_PADDINGS},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="area under the target score as the most salient pixels are restored on a blurred image")
 def insertion_auc(x: MetricInputs, steps: int = 64, substrate: str = "blur", score: str = "prob",
                   blur_padding: str = "mean") -> Tensor:
@@ -285,7 +289,8 @@ _DOC_AD = """
 """
 
 
-@register_metric("average_drop", needs=("model",), higher_is_better=False, family="faithfulness",
+@register_metric("average_drop", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 needs=("model",), higher_is_better=False, family="faithfulness",
                  summary="100 * max(0, Y - O) / Y: relative score drop on the map-weighted image (%)")
 def average_drop(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> tuple[Tensor, Tensor]:
     y, o = explanation_scores(x, multiply_space, score, "average_drop")
@@ -293,14 +298,16 @@ def average_drop(x: MetricInputs, multiply_space: str = "normalised", score: str
     return 100 * (y - o).clamp_min(0) / torch.where(positive, y, 1.0), positive
 
 
-@register_metric("increase_in_confidence", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("increase_in_confidence", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="100 * 1[O > Y]: the map-weighted image raises the target score (%)")
 def increase_in_confidence(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> Tensor:
     y, o = explanation_scores(x, multiply_space, score, "increase_in_confidence")
     return 100 * (o > y).float()
 
 
-@register_metric("average_gain", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("average_gain", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="100 * max(0, O - Y) / Y: relative score gain on the map-weighted image (%)")
 def average_gain(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> tuple[Tensor, Tensor]:
     y, o = explanation_scores(x, multiply_space, score, "average_gain")
@@ -327,7 +334,9 @@ average_gain.__doc__ = f"""Average Gain, the later papers' "Average Increase" va
 # Finer-CAM relative confidence drop (methods.md §3.4)
 # --------------------------------------------------------------------------------------------
 
-@register_metric("relative_drop", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("relative_drop", bounds={"fractions": "each (0, 1]", "mask_value": ("mean", "zero"),
+                         "reference_class": REFERENCE_CLASSES, "score": SCORES},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="Finer-CAM RD: target score drop minus reference-class drop after masking the top 5 % "
                          "(our reading)")
 def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = "mean",
@@ -411,7 +420,8 @@ _DOC_ABLATION = """
 """
 
 
-@register_metric("ablation_area", needs=(), higher_is_better=None, family="faithfulness",
+@register_metric("ablation_area", bounds={"threshold": "[0, 1]"},
+                 needs=(), higher_is_better=None, family="faithfulness",
                  summary="fraction of the image whose map is >= threshold (street-scene ablated region)")
 def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
     """Street-scene ablation measure, area part [our reading, papers.md §12]: the fraction of
@@ -421,7 +431,9 @@ def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
     return _ablation_region(x, threshold, "ablation_area").flatten(1).float().mean(dim=1)
 
 
-@register_metric("ablation_drop", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("ablation_drop", bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
+                         "blur_padding": BLUR_PADDINGS, "score": SCORES},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="target score before minus after filling the map's region >= threshold")
 def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blur", blur_padding: str = "mean",
                   score: str = "prob") -> Tensor:
@@ -430,7 +442,9 @@ def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blu
     return (target_scores(before, x.targets, score) - target_scores(after, x.targets, score)).float()
 
 
-@register_metric("ablation_flip", needs=("model",), higher_is_better=True, family="faithfulness",
+@register_metric("ablation_flip", bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
+                         "blur_padding": BLUR_PADDINGS},
+                 needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="1 if filling the map's region >= threshold moves the prediction off the target")
 def ablation_flip(x: MetricInputs, threshold: float = 0.5, substrate: str = "blur",
                   blur_padding: str = "mean") -> tuple[Tensor, Tensor]:

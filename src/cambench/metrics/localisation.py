@@ -21,7 +21,8 @@ def peak_coordinates(maps: Tensor) -> Tensor:
     return torch.stack(coords[::-1], dim=1)
 
 
-@register_metric("pointing_game", needs=("masks",), higher_is_better=True, aggregate="class_mean",
+@register_metric("pointing_game", bounds={"tolerance_px": "[0, inf)"},
+                 needs=("masks",), higher_is_better=True, aggregate="class_mean",
                  family="localisation", summary="hit if a ground-truth pixel lies within the tolerance of the map's peak")
 def pointing_game(x: MetricInputs, tolerance_px: float = 15.0) -> tuple[Tensor, Tensor]:
     x.require("masks", metric="pointing_game")
@@ -197,7 +198,9 @@ def _overlap(x: MetricInputs, metric: str, threshold: str, fraction: float, top_
     return inter, selected.sum(dim=1).double(), masks.sum(dim=1).double(), masks.any(dim=1)
 
 
-@register_metric("iou", needs=("masks",), higher_is_better=True, family="localisation",
+@register_metric("iou", bounds={"threshold": THRESHOLDS, "fraction": "(0, 1]", "top_percent": "(0, 100]",
+                         "bins": "int [2, inf)"},
+                 needs=("masks",), higher_is_better=True, family="localisation",
                  summary="intersection over union of the thresholded map and the ground-truth mask")
 def iou(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_percent: float = 20.0,
         bins: int = 256) -> tuple[Tensor, Tensor]:
@@ -207,7 +210,9 @@ def iou(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_per
     return (inter / (selected + truth - inter).clamp_min(1)).float(), applies
 
 
-@register_metric("dice", needs=("masks",), higher_is_better=True, family="localisation",
+@register_metric("dice", bounds={"threshold": THRESHOLDS, "fraction": "(0, 1]", "top_percent": "(0, 100]",
+                         "bins": "int [2, inf)"},
+                 needs=("masks",), higher_is_better=True, family="localisation",
                  summary="Dice overlap of the thresholded map and the ground-truth mask")
 def dice(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_percent: float = 20.0,
          bins: int = 256) -> tuple[Tensor, Tensor]:
@@ -380,7 +385,8 @@ def box_overlap(a: Tensor, b: Tensor) -> Tensor:
 GT_BOXES = ("mask_bbox",)
 
 
-@register_metric("box_iou", needs=("masks",), higher_is_better=True, family="localisation",
+@register_metric("box_iou", bounds={"threshold": "(0, 1]", "gt_box": GT_BOXES},
+                 needs=("masks",), higher_is_better=True, family="localisation",
                  summary="IoU of the box around the largest component of the map above 0.15 x max with the mask's box")
 def box_iou(x: MetricInputs, threshold: float = 0.15, connectivity: int | None = None,
             gt_box: str = "mask_bbox") -> tuple[Tensor, Tensor]:
@@ -513,7 +519,9 @@ def surface_hd95(prediction: Tensor, truth: Tensor, connectivity: int | None = N
     return result
 
 
-@register_metric("hd95", needs=("masks",), higher_is_better=False, family="localisation",
+@register_metric("hd95", bounds={"threshold": THRESHOLDS, "fraction": "(0, 1]", "top_percent": "(0, 100]",
+                                 "bins": "int [2, inf)", "one_empty": "[0, inf)", "empty_masks": ("skip", "score")},
+                 needs=("masks",), higher_is_better=False, family="localisation",
                  summary="95th percentile Hausdorff distance (px) of the thresholded map's and the mask's surfaces")
 def hd95(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_percent: float = 20.0,
          bins: int = 256, connectivity: int | None = None, one_empty: float = 373.12866,

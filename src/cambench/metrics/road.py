@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import MetricInputs, chunk_size, model_logits, model_scores, register_metric, table_cached, target_scores
+from . import (SCORES, MetricInputs, chunk_size, model_logits, model_scores, register_metric, table_cached,
+               target_scores)
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 EDGE_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12   # reference imputer's neighbour weights (2D)
@@ -398,7 +399,10 @@ def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) ->
 
 def _road_metric(name: str, orders: tuple[str, ...], higher_is_better: bool, summary: str, what: str):
     """Register one ROAD variant; the three share every parameter and differ in the orders only."""
-    @register_metric(name, needs=("model",), higher_is_better=higher_is_better, family="faithfulness",
+    @register_metric(name, bounds={"percentiles": "each (0, 100)", "noise": "[0, inf)", "tie_noise": "[0, inf)",
+                                   "volume_mode": VOLUME_MODES, "score": SCORES, "tol": "(0, inf)",
+                                   "max_iter": "int [0, inf)"},
+                     needs=("model",), higher_is_better=higher_is_better, family="faithfulness",
                      summary=summary)
     def metric(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
                tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",

@@ -189,21 +189,25 @@ def _pairs(x: MetricInputs, metric: str, name: str, top_percent: float) -> tuple
     return sim, x.predictions == x.reference_predictions
 
 
-@register_metric("consistency", needs=("reference",), higher_is_better=True, family="robustness",
+@register_metric("consistency", bounds={"similarity": tuple(SIMILARITIES), "top_percent": "(0, 100]"},
+                 needs=("reference",), higher_is_better=True, family="robustness",
                  summary="similarity of clean and perturbed heatmaps where the prediction is unchanged")
 def consistency(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0) -> tuple[Tensor, Tensor]:
     sim, same = _pairs(x, "consistency", similarity, top_percent)
     return sim, same
 
 
-@register_metric("responsiveness", needs=("reference",), higher_is_better=True, family="robustness",
+@register_metric("responsiveness", bounds={"similarity": tuple(SIMILARITIES), "top_percent": "(0, 100]"},
+                 needs=("reference",), higher_is_better=True, family="robustness",
                  summary="1 - similarity of clean and perturbed heatmaps where the prediction changed")
 def responsiveness(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0) -> tuple[Tensor, Tensor]:
     sim, same = _pairs(x, "responsiveness", similarity, top_percent)
     return 1 - sim, ~same
 
 
-@register_metric("noise_robustness", needs=("reference",), higher_is_better=True, family="robustness",
+@register_metric("noise_robustness", bounds={"similarity": tuple(SIMILARITIES), "top_percent": "(0, 100]",
+                         "combine": COMBINE},
+                 needs=("reference",), higher_is_better=True, family="robustness",
                  aggregate="robustness",
                  summary="consistency and responsiveness combined (harmonic mean of the two groups, or pair-weighted)")
 def noise_robustness(x: MetricInputs, similarity: str = "ssim", top_percent: float = 20.0,
@@ -234,7 +238,8 @@ def combine_robustness(values: np.ndarray, unchanged: np.ndarray) -> float:
 # Max-sensitivity
 # --------------------------------------------------------------------------------------------
 
-@register_metric("max_sensitivity", needs=("model", "method"), higher_is_better=False, family="robustness",
+@register_metric("max_sensitivity", bounds={"radius": "(0, inf)", "samples": "int [1, inf)"},
+                 needs=("model", "method"), higher_is_better=False, family="robustness",
                  summary="largest relative change of the heatmap under uniform input noise of a small radius")
 def max_sensitivity(x: MetricInputs, radius: float = 0.02, samples: int = 10, normalise: bool = True,
                     seed: int = 0) -> Tensor:

@@ -17,19 +17,34 @@ CAM uses but not its activations) or ``below`` (the target layer and everything 
 head stays trained). Cascading and the similarity (``spearman_abs`` by default, as Quantus; also
 ``ssim``, ``pearson``, ``spearman``, ``cosine``, ``topk_iou``) follow the paper and Quantus; the
 scopes are our reading of the CAM-specific note of methods.md.
+
+A constant map (no spread: all zeros after the engine's min-max, flag bit 1 in the heatmap file), either
+the original or the randomised one, has no rank order to compare: its Spearman/Pearson similarity would be
+0, a perfect "pass" that says nothing about the method. Such images are excluded (the metric does not
+apply there, so the tidy table has no row for them, as Quantus's NaN Spearman is dropped) and counted in a
+warning per method.
 """
 from __future__ import annotations
 
 import copy
+import logging
 
 import torch
 from torch import Tensor, nn
 
 from ..engine import resolve_layer
 from . import MetricInputs, explained_batches, per_method_values, register_metric, table_cached
+from .robustness import SIMILARITIES
 from .robustness import similarity as map_similarity
 
 SCOPES = ("all", "above", "below")
+log = logging.getLogger(__name__)
+
+
+def _constant(maps: Tensor) -> Tensor:
+    """(N,) bool: maps without spread (the engine stores a constant map as zeros)."""
+    flat = maps.flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
 
 
 def parametrised_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -73,10 +88,12 @@ def randomised_copy(model: nn.Module, layers: list[str], seed: int) -> nn.Module
     return clone
 
 
-@register_metric("mprt", needs=("model", "method"), higher_is_better=False, family="sanity",
+@register_metric("mprt", bounds={"depth": "int [0, inf)", "scope": SCOPES, "similarity": tuple(SIMILARITIES),
+                         "top_percent": "(0, 100]"},
+                 needs=("model", "method"), higher_is_better=False, family="sanity",
                  summary="similarity of the heatmap to the one of a cascade-randomised model (lower = passes the sanity check)")
 def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = "spearman_abs",
-         top_percent: float = 20.0, seed: int = 0) -> Tensor:
+         top_percent: float = 20.0, seed: int = 0) -> tuple[Tensor, Tensor]:
     x.require("method", metric="mprt")
     if depth < 0:
         raise ValueError(f"mprt: depth must be >= 0 (0 = every layer), got {depth}")
@@ -87,12 +104,18 @@ def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = 
                               lambda: randomised_copy(net, layers, seed).eval())
     n, dev = x.images.shape[0], x.images.device
 
-    def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, Tensor]:
+    def compute(methods: dict[str, dict], heatmaps: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         out = {m: torch.empty(n, device=dev) for m in methods}
+        applies = {m: torch.empty(n, dtype=torch.bool, device=dev) for m in methods}
         for rows, maps in explained_batches(x, methods, x.images, model=randomised):
             for m, explained in maps.items():
-                out[m][rows] = map_similarity(similarity, heatmaps[m][rows].to(dev).float(), explained, "mprt",
-                                              top_percent).float()
-        return out
+                original = heatmaps[m][rows].to(dev).float()
+                out[m][rows] = map_similarity(similarity, original, explained, "mprt", top_percent).float()
+                applies[m][rows] = ~(_constant(original) | _constant(explained))
+        for m, ok in applies.items():
+            if not ok.all():
+                log.warning("mprt: %d of %d maps of method '%s' are constant before or after randomisation: "
+                            "excluded (no similarity to compare)", int((~ok).sum()), n, m)
+        return {m: (out[m].masked_fill(~applies[m], 0.0), applies[m]) for m in methods}
 
     return per_method_values(x, ("mprt", tuple(layers), seed, similarity, top_percent), compute)

@@ -44,7 +44,8 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
                                      bn=nn.BatchNorm2d(c_out), relu=nn.ReLU(inplace=True)))
 
 
-@ARCHITECTURES.register("small_cnn", dims=2, default_target_layer="features.block4",
+@ARCHITECTURES.register("small_cnn", bounds={"widths": "each int [1, inf)", "in_channels": "int [1, inf)"},
+                        dims=2, default_target_layer="features.block4",
                         summary="4 conv blocks, 2 max-pools, global average pooling + linear (a CAM-able head)")
 def small_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
               std: list[float] | None = None, widths: list[int] = (16, 32, 64, 64)) -> nn.Module:

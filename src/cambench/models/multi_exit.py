@@ -358,7 +358,8 @@ def fit_multi_exit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs: 
     return history
 
 
-@ARCHITECTURES.register("multi_exit_cnn", default_target_layer="stages.-1", trainer=fit_multi_exit,
+@ARCHITECTURES.register("multi_exit_cnn", bounds={"widths": "each int [1, inf)", "in_channels": "int [1, inf)"},
+                        default_target_layer="stages.-1", trainer=fit_multi_exit,
                         summary="AME-CAM's multi-exit CNN: an exit (1x1 conv + GAP) after each stage and "
                                 "an attention aggregator of the exit maps; the deepest exit is the output")
 def multi_exit_cnn(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
