@@ -175,7 +175,11 @@ def test_summary_and_statistics(workdir):
     pg = s[(s.metric == "pointing_game")]
     assert (pg["aggregate"] == "class_mean").all() and (pg.ci_low <= pg["mean"]).all() and (pg["mean"] <= pg.ci_high).all()
     f = pd.read_csv(workdir / "results/tables/friedman.csv")
-    assert set(f.test) == {"friedman"} and (f.k == len(TINY["cam"]["methods"])).all()
+    assert set(f.test) == {"friedman"}
+    # MPRT leaves out images whose original or randomised map is constant (no similarity), so a method
+    # can lose every image of a block there; every other metric has every method in every block
+    mprt = f.metric == "mprt"
+    assert (f.k[~mprt] == len(TINY["cam"]["methods"])).all() and (f.k[mprt] <= len(TINY["cam"]["methods"])).all()
     assert ((f.effect_size.dropna() >= 0) & (f.effect_size.dropna() <= 1)).all()
 
 
