@@ -500,8 +500,7 @@ SCALINGS = ("minmax", "max")
 def scaling_of(entry, params: Mapping) -> str:
     """A method's final scaling: its registration's ``scaling`` ('minmax' when undeclared, or a
     function of the parameters), e.g. CF-CAM's code divides by the max."""
-    scaling = entry.meta.get("scaling", "minmax")
-    return scaling({**entry.parameters(), **params}) if callable(scaling) else scaling
+    return entry.declared("scaling", params, "minmax")
 
 
 def postprocess(signed: Tensor, size: Sequence[int], scaling: str = "minmax") -> tuple[Tensor, Tensor]:
@@ -574,8 +573,7 @@ def _requirements(spec: dict[str, dict]) -> tuple[bool, list[str]]:
     for label, params in spec.items():
         name, params = method_of(label, params)
         entry = METHODS.get(name)
-        need = entry.meta.get("needs_gradients", True)
-        need_grad |= bool(need(params) if callable(need) else need)
+        need_grad |= bool(entry.declared("needs_gradients", params, True))
         extra = entry.meta.get("extra_layers")
         if extra is not None:
             layers += list(extra({**entry.parameters(), **params}))

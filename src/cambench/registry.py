@@ -86,6 +86,13 @@ class Entry:
                     quoted[0] if len(quoted) == 1 else None
                 raise ParamError(f"{loc}{err}", param) from None
 
+    def declared(self, key: str, params: dict, default: Any = None) -> Any:
+        """A registration's metadata ``key`` for these parameters: a constant, or a function of the
+        parameters (called with the defaults filled in), e.g. ``needs_gradients``, ``reads_target``,
+        ``scaling``; ``default`` where the registration does not declare it."""
+        value = self.meta.get(key, default)
+        return value({**self.parameters(), **params}) if callable(value) else value
+
     @property
     def kind(self) -> str:
         return self.meta.get("kind", "entry")

@@ -42,15 +42,13 @@ def _base_entry(base, base_params):
 def _base_needs_gradients(params: dict) -> bool:
     """needs_gradients of finercam = that of its base (with the base's own parameters)."""
     entry, base_params = _base_entry(params.get("base", "gradcam"), params.get("base_params"))
-    need = entry.meta.get("needs_gradients", True)
-    return bool(need(base_params) if callable(need) else need)
+    return bool(entry.declared("needs_gradients", base_params, True))
 
 
 def reads_target(entry, params: dict) -> bool:
     """Whether a method's map depends on the target score (its registration's ``reads_target``,
     True or a function of the parameters; undeclared: assumed True)."""
-    reads = entry.meta.get("reads_target", True)
-    return bool(reads({**entry.parameters(), **params}) if callable(reads) else reads)
+    return bool(entry.declared("reads_target", params, True))
 
 
 def _check_finercam(params: dict) -> None:
@@ -152,8 +150,7 @@ def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_
     if x.targets is None:
         raise CamError("Finer-CAM needs class targets: the reference classes are chosen relative to "
                        "the target class, so a callable target cannot be used")
-    need = entry.meta.get("needs_gradients", True)
-    with_gradients = bool(need(params) if callable(need) else need)
+    with_gradients = bool(entry.declared("needs_gradients", params, True))
     if alpha == 0:
         return entry.fn(x, **params)
 

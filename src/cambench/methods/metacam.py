@@ -87,8 +87,7 @@ def _component_spec(components, component_params) -> list[tuple[str, dict]]:
 def _needs_gradients(params: dict) -> bool:
     spec = _component_spec(params.get("components", DEFAULT_COMPONENTS), params.get("component_params"))
     for name, p in spec:
-        need = METHODS.get(name).meta.get("needs_gradients", True)
-        if need(p) if callable(need) else need:
+        if METHODS.get(name).declared("needs_gradients", p, True):
             return True
     return False
 
