@@ -28,6 +28,7 @@ include: "rules/metrics.smk"
 include: "rules/stats.smk"
 include: "rules/report.smk"
 include: "rules/papers.smk"
+include: "rules/plan.smk"
 
 
 rule all:

@@ -225,10 +225,14 @@ def metric_files():
 
 
 def gallery_files():
+    """Galleries of the report's levels only (report.gallery_levels; cambench.verdict.report_levels):
+    the clean images and a few levels per perturbation kind, so that the report keeps its size budget."""
+    from cambench.verdict import report_levels
+
     return [
-        f"results/{d}/{m}/figures/gallery_{kind}~{level_label(level)}.png"
+        f"results/{d}/{m}/figures/gallery_{kind}~{level_label(level)}.jpg"
         for d, m in model_pairs()
-        for kind, level in SWEEP
+        for kind, level in report_levels(SWEEP, config["report"]["gallery_levels"])
     ]
 
 
@@ -283,6 +287,10 @@ def all_outputs():
         "results/tables/kruskal.csv",
         "results/tables/mixed_model.csv",
         "results/tables/models.csv",
+        "results/tables/verdict.csv",
+        "results/verdict/verdict.html",
+        "results/verdict/verdict_summary.html",
+        *[f"results/tables/{t}.csv.zip" for t in ("friedman", "posthoc", "kruskal", "mixed_model", "metric_summary")],
         *figure_files(),
         *gallery_files(),
         *[f for d, m in model_pairs() for f in heatmap_files(d, m)],

@@ -30,6 +30,9 @@ checkpoint prepare_dataset:
         mask_root=mask_root,
         options=lambda w: DATASETS[w.dataset]["options"],
         channels=lambda w: DATASETS[w.dataset]["channels"],
+        classes=lambda w: DATASETS[w.dataset]["classes"],
+        resize=lambda w: DATASETS[w.dataset]["resize"],
+        crop=lambda w: DATASETS[w.dataset]["crop"],
         seed=config["seed"],
     log:
         "results/logs/prepare_dataset/{dataset}.log",

@@ -19,6 +19,7 @@ rule heatmaps:
         batch_size=config["cam"]["batch_size"],
         memory_mb=config["cam"]["memory_mb"],
         dtype=config["cam"]["dtype"],
+        store=config["cam"]["store"],
         seed=config["seed"],
         device=config["device"],
     threads: 2

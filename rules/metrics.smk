@@ -57,13 +57,7 @@ rule aggregate_metrics:
     output:
         parquet="results/metrics.parquet",
         csv="results/metrics.csv",  # not embedded in the report: ~100k rows would make it tens of MB
-        summary=report(
-            "results/tables/metric_summary.csv",
-            caption="../reports/metric_summary.rst",
-            category="Tables",
-            subcategory="metrics",
-            labels={"table": "metric summary (means, 95 % CIs)"},
-        ),
+        summary="results/tables/metric_summary.csv",  # in the report as a zip (rule report_tables)
     params:
         bootstrap=config["stats"]["bootstrap"],
         seed=config["seed"],

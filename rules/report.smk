@@ -1,5 +1,98 @@
-# Figures for `snakemake --report`: heatmap galleries, metric distributions per family, robustness curves,
-# critical-difference diagrams, the rank heatmap and the consistency-responsiveness plane.
+# Figures for `snakemake --report`: the verdict (the report's answer, first), heatmap galleries, metric
+# distributions per family, robustness curves, critical-difference diagrams, the rank heatmap and the
+# consistency-responsiveness plane. report.budget_mb bounds report.html (cambench.verdict): galleries for
+# the report's levels only, each within its byte share; the statistics tables zipped, cut where needed.
+from cambench.verdict import gallery_byte_cap, report_levels, table_byte_budget
+
+
+rule verdict:
+    input:
+        summary="results/tables/metric_summary.csv",
+        posthoc="results/tables/posthoc.csv",
+        heatmaps=[f"results/{d}/{m}/heatmaps/none~0.h5" for d, m in model_pairs()],
+    output:
+        csv=report(
+            "results/tables/verdict.csv",
+            caption="../reports/verdict.rst",
+            category="Answer",
+            subcategory="verdict",
+            labels={"page": "verdict table (CSV)"},
+        ),
+        html=report(
+            "results/verdict/verdict.html",
+            caption="../reports/verdict.rst",
+            category="Answer",
+            subcategory="verdict",
+            labels={"page": "verdict: which CAM to trust"},
+        ),
+        summary="results/verdict/verdict_summary.html",  # shown on the landing page (reports/workflow.rst)
+    params:
+        pairs=[list(pair) for pair in model_pairs()],
+        alpha=config["stats"]["alpha"],
+        standin={d: spec.get("standin", {}).get("kind", "none") for d, spec in DATASETS.items()},
+        methods=config["cam"]["methods"],
+        readme=str(Path(workflow.basedir) / "README.md"),  # its method and metric tables mark our reading
+    log:
+        "results/logs/verdict.log",
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/verdict.py"
+
+
+rule report_tables:
+    input:
+        friedman="results/tables/friedman.csv",
+        posthoc="results/tables/posthoc.csv",
+        kruskal="results/tables/kruskal.csv",
+        mixed_model="results/tables/mixed_model.csv",
+        metric_summary="results/tables/metric_summary.csv",
+    output:
+        friedman=report(
+            "results/tables/friedman.csv.zip",
+            caption="../reports/friedman.rst",
+            category="Statistical tests",
+            subcategory="Tables: across methods",
+            labels={"table": "Friedman across methods"},
+        ),
+        posthoc=report(
+            "results/tables/posthoc.csv.zip",
+            caption="../reports/posthoc.rst",
+            category="Statistical tests",
+            subcategory="Tables: across methods",
+            labels={"table": "Pairwise post-hoc (Wilcoxon, Nemenyi)"},
+        ),
+        kruskal=report(
+            "results/tables/kruskal.csv.zip",
+            caption="../reports/kruskal.rst",
+            category="Statistical tests",
+            subcategory="Tables: across models",
+            labels={"table": "Across models: paired Wilcoxon/Friedman or Kruskal-Wallis"},
+        ),
+        mixed_model=report(
+            "results/tables/mixed_model.csv.zip",
+            caption="../reports/mixed_model.rst",
+            category="Statistical tests",
+            subcategory="Tables: severity",
+            labels={"table": "Mixed model method x severity"},
+        ),
+        metric_summary=report(
+            "results/tables/metric_summary.csv.zip",
+            caption="../reports/metric_summary.rst",
+            category="Tables",
+            subcategory="metrics",
+            labels={"table": "metric summary (means, 95 % CIs)"},
+        ),
+    params:
+        budget_bytes=table_byte_budget(config["report"]["budget_mb"]),
+        levels=report_levels(SWEEP, config["report"]["gallery_levels"]),
+    log:
+        "results/logs/report_tables.log",
+    run:
+        from cambench.verdict import zip_tables
+
+        zip_tables({name: (input[name], output[name]) for name in output.keys()}, params.budget_bytes, params.levels,
+                   log[0])
 
 
 rule gallery:
@@ -8,7 +101,7 @@ rule gallery:
         heatmaps="results/{dataset}/{model}/heatmaps/{perturbation}~{level}.h5",
     output:
         report(
-            "results/{dataset}/{model}/figures/gallery_{perturbation}~{level}.png",
+            "results/{dataset}/{model}/figures/gallery_{perturbation}~{level}.jpg",
             caption="../reports/gallery.rst",
             category="Heatmaps",
             subcategory="{model}",
@@ -17,6 +110,8 @@ rule gallery:
     params:
         split=config["cam"]["split"],
         n_images=config["report"]["gallery_images"],
+        max_px=config["report"]["gallery_max_px"],
+        max_bytes=gallery_byte_cap(config["report"]["budget_mb"], len(gallery_files())),
     log:
         "results/logs/gallery/{dataset}/{model}/{perturbation}~{level}.log",
     conda:

@@ -8,34 +8,11 @@ rule statistics:
     input:
         "results/metrics.parquet",
     output:
-        friedman=report(
-            "results/tables/friedman.csv",
-            caption="../reports/friedman.rst",
-            category="Statistical tests",
-            subcategory="Tables: across methods",
-            labels={"table": "Friedman across methods"},
-        ),
-        posthoc=report(
-            "results/tables/posthoc.csv",
-            caption="../reports/posthoc.rst",
-            category="Statistical tests",
-            subcategory="Tables: across methods",
-            labels={"table": "Pairwise post-hoc (Wilcoxon, Nemenyi)"},
-        ),
-        kruskal=report(
-            "results/tables/kruskal.csv",
-            caption="../reports/kruskal.rst",
-            category="Statistical tests",
-            subcategory="Tables: across models",
-            labels={"table": "Across models: paired Wilcoxon/Friedman or Kruskal-Wallis"},
-        ),
-        mixed_model=report(
-            "results/tables/mixed_model.csv",
-            caption="../reports/mixed_model.rst",
-            category="Statistical tests",
-            subcategory="Tables: severity",
-            labels={"table": "Mixed model method x severity"},
-        ),
+        # embedded in the report zipped, within report.budget_mb (rule report_tables)
+        friedman="results/tables/friedman.csv",
+        posthoc="results/tables/posthoc.csv",
+        kruskal="results/tables/kruskal.csv",
+        mixed_model="results/tables/mixed_model.csv",
     params:
         alpha=config["stats"]["alpha"],
         mixed_model_metrics=config["stats"]["mixed_model_metrics"],

@@ -11,4 +11,5 @@ with logged(sm):
                      class_source=p.class_source, batch_size=p.batch_size, memory_mb=p.memory_mb, dtype=p.dtype,
                      seed=p.seed, device=p.device, extra_inputs=searched,
                      perturbation_params=p.perturbation_params, perturbed=sm.input.get("perturbed"),
-                     names={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model}, config=sm.config, shard=p.shard)
+                     names={"dataset": sm.wildcards.dataset, "model": sm.wildcards.model}, config=sm.config, shard=p.shard,
+                     store=p.store)

@@ -153,8 +153,8 @@ def test_a_second_run_sharded_on_two_cores_has_identical_array_data(reference, t
         assert shards == ["shard-0000.h5", "shard-0001.h5", "shard-0002.h5"]
         assert [p.name for p in (reference / HEATMAPS / level).iterdir()] == ["shard-0000.h5"]
         with h5py.File(work / HEATMAPS / f"{level}.h5") as f:
-            assert f["heatmaps/gradcam"].is_virtual and f["heatmaps/gradcam"].shape[0] == 90
-            assert [s.file_name for s in f["heatmaps/gradcam"].virtual_sources()] == [
+            assert f["raw/gradcam"].is_virtual and f["raw/gradcam"].shape[0] == 90
+            assert [s.file_name for s in f["raw/gradcam"].virtual_sources()] == [
                 f"{level}/{name}" for name in shards]
     model = "results/tiny/tiny_cnn/model.pt"
     assert file_digest(work / model) == file_digest(reference / model)

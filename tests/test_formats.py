@@ -27,6 +27,8 @@ TINY = {
                  {"grid": [8, 16, 16], "test_fraction": 0.5}),
     "brats": ("brats", {"cases": 4}, {"shape": [24, 24, 10], "tumour_radius": [2.5, 4.0]}, {"test_fraction": 0.5}),
     "street": ("street", {"all": 4}, {"image_size": 48}, {"test_fraction": 0.5}),
+    # one image size here (tests/test_data_imagenet.py covers mixed sizes with resize / crop)
+    "imagenet": ("imagenet", {"val": 2}, {"min_size": 48, "max_size": 48}, {}),
 }
 
 # What to delete from a good layout, and the file name the error must then mention.
@@ -37,6 +39,7 @@ BREAK = {
     "mosmed": ("studies", "studies"),
     "brats": ("BraTS2021_00001/BraTS2021_00001_flair.nii.gz", "BraTS2021_00001_flair"),
     "street": ("labels.csv", "labels.csv"),
+    "imagenet": ("LOC_val_solution.csv", "LOC_val_solution.csv"),
 }
 
 
@@ -55,13 +58,17 @@ def standins(tmp_path_factory):
     return out
 
 
-def user_config(fmt: str, root: Path, mask_root: Path | None) -> dict:
+def user_config(fmt: str, root: Path, mask_root: Path | None, tmp_path: Path) -> dict:
     options = TINY[fmt][3]
     arch = "small_cnn3d" if item_dims(fmt, options) == 3 else "small_cnn"
+    model, cam = {"dataset": "real", "architecture": arch}, {"methods": {"gradcam": {}}}
+    if fmt == "imagenet":  # an evaluation set: the model comes with its weights, CAMs on 'val'
+        (tmp_path / "weights.pt").write_bytes(b"")
+        model.update(weights=str(tmp_path / "weights.pt"), train={"epochs": 0})
+        cam["split"] = "val"
     return {"datasets": {"real": {"format": fmt, "root": str(root), "options": copy.deepcopy(options),
                                   **({"mask_root": str(mask_root)} if mask_root else {})}},
-            "models": {"m": {"dataset": "real", "architecture": arch}},
-            "cam": {"methods": {"gradcam": {}}}, "perturbations": {},
+            "models": {"m": model}, "cam": cam, "perturbations": {},
             "metrics": {"compute": {"deletion_auc": {}}}}
 
 
@@ -70,7 +77,7 @@ def test_real_layout_validates_and_prepares(fmt, standins, tmp_path):
     root = standins[fmt] / "data"
     masks = standins[fmt] / "masks"
     masks = masks if masks.is_dir() else None
-    validate_config(user_config(fmt, root, masks), SCHEMA)
+    validate_config(user_config(fmt, root, masks, tmp_path), SCHEMA)
     summary = prepare(fmt, root, tmp_path / "ds.h5", mask_root=masks, options=TINY[fmt][3], seed=0)
     ds = read_dataset(tmp_path / "ds.h5")
     n = len(ds)
@@ -79,10 +86,10 @@ def test_real_layout_validates_and_prepares(fmt, standins, tmp_path):
     assert ds.images.ndim == 2 + item_dims(fmt, TINY[fmt][3])
     assert ds.masks is not None and ds.masks.shape == (n, *ds.images.shape[2:])  # every stand-in plants truth
     assert ds.masks.any()
-    assert sorted(set(summary["counts"])) == ["test", "train"]
+    assert sorted(set(summary["counts"])) == (["val"] if fmt == "imagenet" else ["test", "train"])
     assert all(len(column) == n for column in ds.meta.values())
     expected_meta = {"cifar10": "filename", "cifake": "cifar_class", "mosmed": "spacing_z", "dicom_ct": "series_uid",
-                     "brats": "z", "street": "lat"}
+                     "brats": "z", "street": "lat", "imagenet": "orig_height"}
     if fmt in expected_meta:
         assert expected_meta[fmt] in ds.meta
     import h5py
@@ -104,7 +111,7 @@ def test_a_broken_layout_stops_at_validation_naming_the_file(fmt, standins, tmp_
     victim = root / target
     shutil.rmtree(victim) if victim.is_dir() else victim.unlink()
     with pytest.raises(ConfigError) as err:
-        validate_config(user_config(fmt, root, None), SCHEMA)
+        validate_config(user_config(fmt, root, None, tmp_path), SCHEMA)
     message = str(err.value)
     assert "config key 'datasets.real.root'" in message
     assert named in message and "layout" in message
@@ -113,7 +120,7 @@ def test_a_broken_layout_stops_at_validation_naming_the_file(fmt, standins, tmp_
 @pytest.mark.parametrize("fmt", sorted(TINY))
 def test_a_missing_root_names_the_key_and_the_layout(fmt, tmp_path):
     with pytest.raises(ConfigError, match=r"datasets\.real\.root.*folder not found.*expected layout"):
-        validate_config(user_config(fmt, tmp_path / "nowhere", None), SCHEMA)
+        validate_config(user_config(fmt, tmp_path / "nowhere", None, tmp_path), SCHEMA)
 
 
 def test_an_empty_dicom_series_folder_stops_at_validation(standins, tmp_path):
@@ -123,7 +130,7 @@ def test_an_empty_dicom_series_folder_stops_at_validation(standins, tmp_path):
     for f in series.iterdir():
         f.unlink()
     with pytest.raises(ConfigError) as err:
-        validate_config(user_config("dicom_ct", root, None), SCHEMA)
+        validate_config(user_config("dicom_ct", root, None, tmp_path), SCHEMA)
     assert series.name in str(err.value)
 
 

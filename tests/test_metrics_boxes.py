@@ -235,6 +235,104 @@ def test_box_iou_matches_a_scipy_pipeline_and_batch_neighbours_do_not_matter(sha
 
 
 # ------------------------------------------------------------------------------------------------
+# box_iou against annotated boxes (gt_box "boxes"): label-class boxes, best IoU, float boxes
+# ------------------------------------------------------------------------------------------------
+
+def with_boxes(maps, boxes, box_image, box_label, labels, **params):
+    """box_iou values and applies (N,) of maps against the annotated boxes of each image's label class."""
+    padded, valid = localisation.label_class_boxes(torch.tensor(boxes, dtype=torch.float32), torch.tensor(box_image),
+                                                   torch.tensor(box_label), torch.tensor(labels))
+    n = maps.shape[0]
+    return evaluate_applies(None, torch.zeros(n, 1, *maps.shape[1:]), maps, "box_iou",
+                            targets=torch.zeros(n, dtype=torch.long), boxes=padded, box_valid=valid, **params)
+
+
+def test_annotated_boxes_known_answers():
+    """Image 0 (label 1): its map's box (4, 4, 12, 12) against two boxes of class 1 (IoU 0.5 and
+    36/92) and an exact box of class 2 that must be ignored: 0.5. Image 1 (label 0): a float box
+    from a resize, IoU in float64. Image 2 has a box of another class only, image 3 none: not applicable."""
+    maps = torch.zeros(4, 32, 32)
+    maps[0, 4:12, 4:12] = 1.0
+    maps[1, 10:20, 8:22] = 1.0
+    maps[2:, 0:8, 0:8] = 1.0
+    labels = [1, 0, 1, 2]
+    # listed out of image order: the boxes are gathered per image, whatever the file's order
+    boxes = [(12.5, 10.0, 20.0, 22.5), (6, 6, 14, 14), (4, 4, 12, 12), (0, 0, 8, 8), (4, 4, 12, 8)]
+    box_image = [1, 0, 0, 2, 0]
+    box_label = [0, 1, 2, 0, 1]
+    values, applies = with_boxes(maps, boxes, box_image, box_label, labels, gt_box="boxes")
+    assert applies.tolist() == [True, True, False, False]
+    float_iou = (7.5 * 12) / (140 + 7.5 * 12.5 - 7.5 * 12)  # map box (10, 8, 20, 22)
+    assert values[:2].tolist() == pytest.approx([0.5, float_iou], rel=1e-7)
+    assert values[0].item() == 0.5
+    # sub-pixel float boxes: the IoU is not clamped to whole pixels
+    quarter, eighth = torch.tensor([0.0, 0.0, 0.5, 0.5]), torch.tensor([0.0, 0.0, 0.5, 0.25])
+    assert localisation.box_overlap(quarter, eighth).item() == 0.5
+    # "auto" takes the boxes when there are any; mask_bbox needs masks
+    auto, _ = with_boxes(maps, boxes, box_image, box_label, labels)
+    torch.testing.assert_close(auto, values, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="box_iou.*masks"):
+        with_boxes(maps, boxes, box_image, box_label, labels, gt_box="mask_bbox")
+
+
+def test_label_class_boxes_gather_each_images_own_class():
+    padded, valid = localisation.label_class_boxes(
+        torch.arange(20, dtype=torch.float32).view(5, 4), torch.tensor([2, 0, 2, 2, 1]),
+        torch.tensor([1, 0, 1, 1, 0]), torch.tensor([0, 1, 1, 0]))
+    # image 0 (label 0): box 1; image 1 (label 1): its box is class 0, none;
+    # image 2: boxes 0, 2, 3 in their order; image 3: none
+    assert valid.tolist() == [[True, False, False], [False] * 3, [True] * 3, [False] * 3]
+    assert padded[0, 0].tolist() == [4, 5, 6, 7]
+    assert padded[2].tolist() == [[0, 1, 2, 3], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert padded[~valid].eq(0).all()
+    # box_valid decides, not the padding's values: a matching box in a padding slot does not count
+    maps = torch.zeros(4, 32, 32)
+    maps[:, 0:4, 0:4] = 1.0
+    padded[~valid] = torch.tensor([0.0, 0.0, 4.0, 4.0])
+    values, applies = evaluate_applies(None, torch.zeros(4, 1, 32, 32), maps, "box_iou",
+                                       targets=torch.zeros(4, dtype=torch.long), boxes=padded, box_valid=valid)
+    assert applies.tolist() == [True, False, True, False] and values[0].item() == 0.0
+    # no box of any label class: one padded column, nothing valid (box_iou: nothing applies)
+    padded, valid = localisation.label_class_boxes(torch.zeros(1, 4), torch.tensor([0]), torch.tensor([1]),
+                                                   torch.tensor([0, 0]))
+    assert padded.shape == (2, 1, 4) and not valid.any()
+    values, applies = evaluate_applies(None, torch.zeros(2, 1, 8, 8), torch.rand(2, 8, 8), "box_iou",
+                                       targets=torch.zeros(2, dtype=torch.long), boxes=padded, box_valid=valid)
+    assert not applies.any()
+
+
+def test_boxes_equal_to_the_mask_agree_with_mask_bbox():
+    """One annotated box per image that is exactly its (rectangular) mask: both ground truths agree bit for bit."""
+    maps = blobby_maps((9, 30, 30), seed=21, sigma=1.5)
+    rng = np.random.default_rng(22)
+    starts = rng.integers(0, 14, size=(9, 2))
+    stops = starts + rng.integers(3, 16, size=(9, 2))
+    masks = torch.stack([box_mask((1, 30, 30), a, b)[0] for a, b in zip(starts, stops)])
+    boxes = np.concatenate([starts, stops], axis=1)
+    values, applies = with_boxes(maps, boxes, np.arange(9), np.zeros(9, np.int64), np.zeros(9, np.int64))
+    expected = run(maps, "box_iou", masks, gt_box="mask_bbox")
+    assert applies.all()
+    torch.testing.assert_close(values, expected, rtol=0, atol=0)
+    assert 0 < values.min() and values.max() < 1  # not a degenerate case
+
+
+def test_gt_box_boxes_without_boxes_is_an_error_and_auto_resolves():
+    masks = box_mask((1, 8, 8), (2, 2), (5, 5))
+    with pytest.raises(ValueError, match="gt_box 'boxes' needs annotated ground-truth boxes"):
+        run(masks.float(), "box_iou", masks, gt_box="boxes")
+    assert run(masks.float(), "box_iou", masks).item() == 1.0  # auto: the mask's box
+    assert localisation.resolve_gt_box("auto", True) == "boxes"
+    assert localisation.resolve_gt_box("auto", False) == "mask_bbox"
+    assert localisation.resolve_gt_box("mask_bbox", True) == "mask_bbox"
+    # boxes that do not fit the maps: 2D boxes for 3D maps, a box count per image that box_valid lacks
+    for maps, boxes, valid in ((torch.rand(1, 4, 8, 8), torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.bool)),
+                               (torch.rand(1, 8, 8), torch.zeros(1, 2, 4), torch.ones(1, 1, dtype=torch.bool))):
+        with pytest.raises(ValueError, match=r"box_iou: boxes .* do not fit"):
+            evaluate_applies(None, torch.zeros(1, 1, *maps.shape[1:]), maps, "box_iou",
+                             targets=torch.zeros(1, dtype=torch.long), boxes=boxes, box_valid=valid)
+
+
+# ------------------------------------------------------------------------------------------------
 # hd95: against scipy, known answers, AME-CAM's empty-mask conventions
 # ------------------------------------------------------------------------------------------------
 
@@ -343,6 +441,7 @@ def test_hd95_chunks_and_groups_do_not_change_values():
     ("box_iou", {"threshold": float("nan")}, "threshold"), ("box_iou", {"threshold": "frac"}, "threshold"),
     ("box_iou", {"connectivity": 6}, "connectivity"), ("box_iou", {"connectivity": 5}, "connectivity"),
     ("box_iou", {"connectivity": "8"}, "connectivity"), ("box_iou", {"gt_box": "boxes"}, "gt_box"),
+    ("box_iou", {"gt_box": "box"}, "gt_box"),
     ("hd95", {"threshold": "mean"}, "threshold"), ("hd95", {"fraction": 0.0}, "fraction"),
     ("hd95", {"top_percent": 101.0}, "top_percent"), ("hd95", {"bins": 1}, "bins"),
     ("hd95", {"connectivity": 26}, "connectivity"), ("hd95", {"one_empty": -1.0}, "one_empty"),
@@ -387,7 +486,7 @@ def test_registration():
         meta = METRICS.get(name).meta
         assert (meta["family"], meta["higher_is_better"], tuple(meta["needs"])) == ("localisation", higher, ("masks",))
         assert meta["summary"] and "\n" not in meta["summary"]
-    assert METRICS.get("box_iou").parameters() == {"threshold": 0.15, "connectivity": None, "gt_box": "mask_bbox"}
+    assert METRICS.get("box_iou").parameters() == {"threshold": 0.15, "connectivity": None, "gt_box": "auto"}
     assert METRICS.get("hd95").parameters() == {"threshold": "frac", "fraction": 0.5, "top_percent": 20.0, "bins": 256,
                                                 "connectivity": None, "one_empty": 373.12866, "empty_masks": "skip"}
 
@@ -405,3 +504,24 @@ def test_cuda_matches_cpu(shape):
                                 targets=torch.zeros(n, dtype=torch.long, device="cuda"), masks=masks.cuda())
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), run(maps, metric, masks), msg=metric)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_boxes_match_cpu():
+    maps = blobby_maps((6, 32, 32), seed=61, sigma=1.5)
+    g = torch.Generator().manual_seed(62)
+    starts = torch.randint(0, 16, (10, 2), generator=g).float() + 0.25
+    boxes = torch.cat([starts, starts + torch.randint(4, 16, (10, 2), generator=g)], dim=1)
+    box_image, box_label, labels = torch.randint(0, 6, (10,), generator=g), torch.arange(10) % 2, torch.arange(6) % 2
+    cpu = localisation.label_class_boxes(boxes, box_image, box_label, labels)
+    gpu = localisation.label_class_boxes(boxes.cuda(), box_image.cuda(), box_label.cuda(), labels.cuda())
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+    targets = torch.zeros(6, dtype=torch.long)
+    on_cpu = evaluate_applies(None, torch.zeros(6, 1, 32, 32), maps, "box_iou", targets=targets,
+                              boxes=cpu[0], box_valid=cpu[1])
+    on_gpu = evaluate_applies(None, torch.zeros(6, 1, 32, 32, device="cuda"), maps.cuda(), "box_iou",
+                              targets=targets.cuda(), boxes=gpu[0], box_valid=gpu[1])
+    for a, b in zip(on_gpu, on_cpu):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)

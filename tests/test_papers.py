@@ -130,3 +130,55 @@ def test_every_paper_has_reference_rows_and_a_domain_rule():
     assert paper_models("mishra2022_street", models, formats, methods) == ["street_cnn"]
     assert paper_models("zhang2025_finercam", models, formats, methods) == ["shapes_cnn"]
     assert paper_models("selvaraju2017_gradcam", models, formats, methods) == ["street_cnn"]
+
+
+def _ranked_table(target_is_label=True, gt_box="boxes", label_rank=True):
+    """8 images of one method with planted label ranks and box IoUs (boundaries 0.5 / rank 5 included)."""
+    ranks = [1, 1, 1, 2, 3, 6, 1, 5]
+    ious = [0.9, 0.5, 0.4, 0.7, 0.8, 0.9, 0.49, 0.6]
+    rows = []
+    for i, (rank, iou) in enumerate(zip(ranks, ious)):
+        label = i % 3
+        prediction = label if rank == 1 else (label + 1) % 3
+        rows.append(dict(dataset="imagenet", model="vgg", method="gradcam", perturbation="none", level=0.0,
+                         image_id=f"i{i}", label=label, target=label if target_is_label else prediction,
+                         prediction=prediction, label_rank=rank, clean_prediction=prediction, metric="box_iou",
+                         value=iou, score="", params=json.dumps({"gt_box": gt_box, "threshold": 0.15}),
+                         map_flags=0))
+        # the same image under noise: not the clean table the paper's errors are read from
+        rows.append(dict(rows[-1], perturbation="gaussian", level=0.1, value=0.0, label_rank=9))
+    table = pd.DataFrame(rows)
+    table["label_rank"] = table["label_rank"].astype("Int64")
+    return table if label_rank else table.drop(columns="label_rank")
+
+
+def _gradcam_errors(table):
+    out = paper_table("selvaraju2017_gradcam", summary=_summary(table), table=table, stats_tables={},
+                      models=["vgg"], methods_config={}, n_boot=100)
+    return out, out[out.source == "cambench"].set_index("quantity")
+
+
+def test_gradcam_top1_and_top5_errors_from_label_ranks():
+    out, ours = _gradcam_errors(_ranked_table())
+    # correct (rank 1): 4/8; top-5: 7/8; IoU >= 0.5: 6/8; correct & hit: 2/8; top-5 & hit: 5/8
+    assert ours["value"].to_dict() == {"localisation_error_top1": 75.0, "localisation_error_top5": 37.5,
+                                       "classification_error_top1": 50.0, "classification_error_top5": 12.5}
+    assert (ours["n"] == 8).all()
+    assert ours["note"].str.contains("annotated boxes of the label class").all()
+    paper = out[out.source == "paper"].set_index(["model", "quantity"])["value"]
+    assert paper[("VGG-16", "localisation_error_top5")] == 46.41 and len(paper) == 12
+
+
+def test_maps_of_the_prediction_give_no_top5_localisation_error():
+    _, ours = _gradcam_errors(_ranked_table(target_is_label=False, gt_box="mask_bbox"))
+    assert sorted(ours.index) == ["classification_error_top1", "classification_error_top5", "localisation_error_top1"]
+    assert ours.loc["localisation_error_top1", "value"] == 75.0
+    assert ours.loc["classification_error_top5", "value"] == 12.5
+    note = ours.loc["localisation_error_top1", "note"]
+    assert "class_source: gt" in note and "mask's bounding box" in note
+
+
+def test_a_table_without_label_ranks_gives_top1_errors_only():
+    _, ours = _gradcam_errors(_ranked_table(label_rank=False))
+    assert sorted(ours.index) == ["classification_error_top1", "localisation_error_top1"]
+    assert "no label ranks" in ours.loc["localisation_error_top1", "note"]

@@ -126,8 +126,8 @@ def test_ablationcam_flags_images_whose_target_score_is_not_positive(setup, tmp_
             writer.write(0, part)
     join_heatmaps(paths, tmp_path / "joined.h5")
     with h5py.File(tmp_path / "joined.h5") as f:
-        assert f["heatmaps/ablationcam"].attrs["n_nonpositive_score"] == int(nonpositive.sum())
-        assert f["heatmaps/gradcam"].attrs["n_nonpositive_score"] == 0
+        assert f["raw/ablationcam"].attrs["n_nonpositive_score"] == int(nonpositive.sum())
+        assert f["raw/gradcam"].attrs["n_nonpositive_score"] == 0
         np.testing.assert_array_equal(f["flags/ablationcam"][:], result.flags["ablationcam"].numpy())
     assert writer.flag_counts["ablationcam"]["n_nonpositive_score"] == int(nonpositive[2:].sum())
 

@@ -10,8 +10,9 @@ import yaml
 from cambench.data import generate_shapes
 from cambench.engine import FLAG_CONSTANT, FLAG_NONFINITE
 from cambench.metrics import METRICS, metrics
+from cambench.store import read_heatmaps
 
-from browser import chromium_page
+from browser import assert_verdict_first, chromium_page
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
@@ -72,10 +73,10 @@ def test_sycam_search_feeds_the_heatmap_jobs(workdir):
         table = pd.read_csv(workdir / f"results/{model}/sycam/search.csv")
         assert table.loc[table["best"], "expression"].tolist() == [format_expression(expression)]
         with h5py.File(workdir / f"results/{model}/heatmaps/none~0.h5") as f:
-            assert {"sycam", "score_tc", "ablationcam"} <= set(f["heatmaps"])
-            params = json.loads(f["heatmaps/score_tc"].attrs["params"])
+            assert {"sycam", "score_tc", "ablationcam"} <= set(f["flags"])
+            params = json.loads(f["raw/score_tc"].attrs["params"])
             assert params == {"method": "scorecam", "variant": "torchcam"}
-            assert json.loads(f["heatmaps/sycam"].attrs["params"])["expression"].startswith("file:")
+            assert json.loads(f["raw/sycam"].attrs["params"])["expression"].startswith("file:")
 
 
 def test_outputs_exist(workdir):
@@ -83,14 +84,14 @@ def test_outputs_exist(workdir):
                 "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/distributions_faithfulness.png",
                 "results/figures/rank_heatmap.png", "results/figures/critical_difference_tiny_cnn.png",
                 "results/figures/robustness_curves_byo_cnn.png", "results/figures/consistency_responsiveness.png",
-                "results/tiny/tiny_cnn/figures/gallery_gaussian~0.3.png", "results/byo/byo_cnn/heatmaps/none~0.h5"]:
+                "results/tiny/tiny_cnn/figures/gallery_gaussian~0.3.jpg", "results/byo/byo_cnn/heatmaps/none~0.h5"]:
         assert (workdir / rel).stat().st_size > 0, rel
 
 
 def test_metric_table_is_tidy_complete_and_finite(workdir):
     t = pd.read_parquet(workdir / "results/metrics.parquet")
     assert list(t.columns) == ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                               "prediction", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
+                               "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
     assert np.isfinite(t["value"]).all()
     assert set(t["map_flags"].unique()) <= set(range(8))  # engine.FLAG_* bits 1, 2, 4
     tiny = t[t.model == "tiny_cnn"]
@@ -136,20 +137,21 @@ def test_identical_maps_get_identical_metric_values(workdir):
 
 def test_heatmap_file_layout_and_provenance(workdir):
     with h5py.File(workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3/shard-0000.h5") as f:
-        d = f["heatmaps/gradcam"]  # the shard file holds the data (one shard at this size)
-        assert d.chunks == (1, 32, 32) and d.compression == "gzip"
+        d = f["raw/gradcam"]  # the shard file holds the data (one shard at this size)
+        assert d.chunks == (12, 8, 8) and d.compression == "gzip"  # several images per chunk
+        assert "heatmaps" not in f and f.attrs["store"] == "feature"  # cam.store: maps rebuilt on read
     with h5py.File(workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5") as f:
-        assert sorted(f["heatmaps"]) == sorted(TINY["cam"]["methods"])
-        d = f["heatmaps/gradcam"]
-        assert d.shape == (12, 32, 32) and d.dtype == np.float16 and d.is_virtual
+        assert sorted(f["flags"]) == sorted(TINY["cam"]["methods"])
+        d = f["raw/gradcam"]
+        assert d.shape == (12, 8, 8) and d.dtype == np.float32 and d.is_virtual
+        assert (d.attrs["rebuild"], d.attrs["scaling"], d.attrs["dtype"]) == ("postprocess", "minmax", "float16")
         flags = f["flags/gradcam"][:]  # the counts are the shards' counts of the flagged maps
         assert d.attrs["n_constant"] == np.count_nonzero(flags & FLAG_CONSTANT)
         assert d.attrs["n_nonfinite"] == np.count_nonzero(flags & FLAG_NONFINITE) == 0
         assert json.loads(f.attrs["rows"]) == [0, 12]
         assert json.loads(d.attrs["params"]) == {}
-        maps = d[:]
-        assert maps.min() >= 0 and maps.max() <= 1 and np.isfinite(maps).all()
-        assert f["raw/gradcam"].shape == (12, 8, 8)
+        maps = read_heatmaps(f.filename, ["gradcam"]).maps["gradcam"]
+        assert maps.shape == (12, 32, 32) and maps.min() >= 0 and maps.max() <= 1 and np.isfinite(maps).all()
         assert f.attrs["perturbation"] == "gaussian" and f.attrs["level"] == 0.3
         prov = json.loads(f.attrs["provenance"])
         assert set(prov) >= {"config_hash", "git_commit", "packages", "device", "seed", "inputs"}
@@ -160,14 +162,13 @@ def test_heatmap_file_layout_and_provenance(workdir):
 def test_perturbed_heatmaps_are_reproducible(workdir, tmp_path):
     """Re-running a heatmap job gives identical array data (deterministic noise and CAMs on CPU)."""
     target = "results/tiny/tiny_cnn/heatmaps/gaussian~0.3.h5"
-    with h5py.File(workdir / target) as f:
-        before = {m: f[f"heatmaps/{m}"][:] for m in f["heatmaps"]}
+    before = read_heatmaps(workdir / target, raw=True)
     (workdir / target).unlink()
     (workdir / "results/tiny/tiny_cnn/heatmaps/gaussian~0.3/shard-0000.h5").unlink()
     snakemake(workdir, target, "--cores", "2", "--configfile", "tiny.yaml")  # only the shard job and its join
-    with h5py.File(workdir / target) as f:
-        for m, arr in before.items():
-            assert np.array_equal(f[f"heatmaps/{m}"][:], arr)
+    after = read_heatmaps(workdir / target, raw=True)
+    for m, arr in before.maps.items():
+        assert np.array_equal(after.maps[m], arr) and np.array_equal(after.raw[m], before.raw[m]), m
 
 
 def test_summary_and_statistics(workdir):
@@ -186,7 +187,7 @@ def test_summary_and_statistics(workdir):
 def test_report_and_nothing_left_to_do(workdir):
     snakemake(workdir, "--configfile", "tiny.yaml", "--report", "results/report.html")
     html = (workdir / "results/report.html").read_text(errors="replace")
-    assert "metric_summary.csv" in html and "gallery_none~0.png" in html
+    assert "metric_summary.csv" in html and "gallery_none~0.jpg" in html
     dry = snakemake(workdir, "-n", "--configfile", "tiny.yaml")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
@@ -208,6 +209,7 @@ def test_report_opens_in_chromium_without_errors(workdir):
         page.goto(report.as_uri())
         page.wait_for_load_state("networkidle")
         assert "cambench compared the CAM methods" in page.inner_text("body")
+        assert_verdict_first(page, report.as_uri())
         for category, entry in [("Statistical tests", "Tables: across methods"), ("Heatmaps", "tiny_cnn"),
                                 ("Tables", "metric summary (means, 95 % CIs)"), ("Robustness", "Severity curves"),
                                 ("Provenance", "lineage of every output")]:
@@ -264,8 +266,7 @@ def test_lint_is_clean():
 def test_stored_perturbed_images_give_the_same_heatmaps(workdir):
     """Runs last (it changes the heatmap jobs' inputs). store_perturbed: true writes the PGD images once and the heatmap job reads them: same maps."""
     target = "results/tiny/tiny_cnn/heatmaps/pgd~8.h5"
-    with h5py.File(workdir / target) as f:
-        before = {m: f[f"heatmaps/{m}"][:] for m in f["heatmaps"]}
+    before = read_heatmaps(workdir / target).maps
     (workdir / "tiny_store.yaml").write_text(yaml.safe_dump({**TINY, "store_perturbed": True}))
     snakemake(workdir, "--cores", "2", "--configfile", "tiny_store.yaml", "--forcerun", "heatmaps", "--until", target)
     stored = workdir / "results/tiny/tiny_cnn/perturbed/pgd~8/shard-0000.h5"
@@ -273,7 +274,8 @@ def test_stored_perturbed_images_give_the_same_heatmaps(workdir):
         assert f["images"].shape == (12, 3, 32, 32) and f.attrs["perturbation"] == "pgd"
         assert json.loads(f.attrs["params"]) == {"steps": 2}
         assert 0 <= f["images"][:].min() and f["images"][:].max() <= 1
+    after = read_heatmaps(workdir / target).maps
+    for m, arr in before.items():
+        assert np.array_equal(after[m], arr), m
     with h5py.File(workdir / target) as f:
-        for m, arr in before.items():
-            assert np.array_equal(f[f"heatmaps/{m}"][:], arr), m
         assert str(stored.relative_to(workdir)) in json.loads(f.attrs["provenance"])["inputs"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cambench.data import generate_standin
+from cambench.store import read_heatmaps
 
 from workflow_helpers import ROOT, copy_workflow, snakemake
 
@@ -89,10 +90,9 @@ def test_ct_heatmaps_are_volumes(domains):
     work, cfg = domains
     grid = cfg["datasets"]["mosmed"]["options"]["grid"]
     for dataset, model in (("mosmed", "mosmed_cnn3d"), ("ct_dicom", "dicom_cnn3d")):
-        with h5py.File(work / f"results/{dataset}/{model}/heatmaps/none~0.h5") as f:
-            maps = f["heatmaps/gradcam"]
-            assert maps.shape[1:] == tuple(grid)
-            assert "cam" in f["heatmaps"]  # GAP + linear: plain CAM in 3D
+        hm = read_heatmaps(work / f"results/{dataset}/{model}/heatmaps/none~0.h5", rows=[0])
+        assert hm.maps["gradcam"].shape[1:] == tuple(grid)  # rebuilt from /raw by trilinear up-sampling
+        assert "cam" in hm.maps  # GAP + linear: plain CAM in 3D
         with h5py.File(work / f"results/{dataset}/dataset.h5") as f:
             assert f["images"].shape[1:] == (1, *grid) and f.attrs["format"] == ("mosmed" if dataset == "mosmed"
                                                                                    else "dicom_ct")

@@ -199,6 +199,10 @@ def _missing_split(name: str, ds: dict, split: str, workdir: Path) -> str:
     if FORMATS.get(fmt).meta["splits"] == "assigned":
         return "" if split in ("train", "test") else \
             f"format '{fmt}' of dataset '{name}' has the splits train and test (options.test_fraction), not '{split}'"
+    if fmt == "imagenet":
+        only = _imagenet_split(ds)
+        return "" if split == only else f"dataset '{name}' (format imagenet) has the one split '{only}' " \
+                                        f"(datasets.{name}.options.split), not '{split}'"
     generated = _native_standin_splits(ds)
     if generated:
         return "" if split in generated else \
@@ -208,9 +212,39 @@ def _missing_split(name: str, ds: dict, split: str, workdir: Path) -> str:
     return ""
 
 
-def _check_dataset(name: str, ds: dict, split: str, workdir: Path) -> None:
-    """Format, options, stand-in parameters, and (for real data) the layout on disk."""
-    from .data import FORMATS, DataError, check_source, standin_format
+def _imagenet_split(ds: dict) -> str:
+    return (ds.get("options") or {}).get("split", "val")
+
+
+def _check_preprocessing(key: str, ds: dict, fmt: str, dims: int, workdir: Path, standin: bool) -> None:
+    """classes, resize and crop: what the readers cannot check before decoding."""
+    classes = ds.get("classes") or []
+    if isinstance(classes, list):
+        dup = sorted({c for c in classes if classes.count(c) > 1})
+        if dup:
+            raise ConfigError(f"config key '{key}.classes': duplicate class name(s) {dup}")
+    elif not (standin and Path(classes).parts[:1] == ("resources",)):  # a stand-in writes its own file
+        if not (workdir / classes).is_file():
+            raise ConfigError(f"config key '{key}.classes': file not found: {classes} (one class per line, "
+                              f"first token = the folder / annotation name, e.g. LOC_synset_mapping.txt)")
+        from .data import DataError, read_class_mapping
+        try:
+            read_class_mapping(str(workdir / classes), where=f"{key}.classes")
+        except DataError as err:
+            raise ConfigError(f"config key '{key}.classes': {err}") from None
+    for sub in ("resize", "crop"):
+        if ds.get(sub) and dims != 2:
+            raise ConfigError(f"config key '{key}.{sub}': format '{fmt}' holds volumes; resize and crop are "
+                              f"for 2D image formats")
+    if ds.get("resize") and ds.get("crop") and ds["crop"] > ds["resize"]:
+        raise ConfigError(f"config key '{key}.crop': {ds['crop']} is larger than resize {ds['resize']} (the "
+                          f"shorter side after resizing); torchvision's evaluation uses e.g. resize 256, crop 224")
+
+
+def _check_dataset(name: str, ds: dict, split: str, workdir: Path, trains: bool = True) -> None:
+    """Format, options, stand-in parameters, and (for real data) the layout on disk. ``trains``:
+    some model trains on this dataset (else no train split is needed)."""
+    from .data import FORMATS, DataError, check_source, item_dims, standin_format
     key = f"datasets.{name}"
     fmt = ds.get("format", "imagefolder")
     if is_standin(ds):
@@ -248,7 +282,16 @@ def _check_dataset(name: str, ds: dict, split: str, workdir: Path) -> None:
     if entry.meta["splits"] == "assigned" and split not in ("train", "test"):
         raise ConfigError(f"config key 'cam.split': format '{fmt}' of dataset '{name}' has the splits "
                           f"train and test (options.test_fraction), not '{split}'")
+    dims = item_dims(fmt, ds.get("options") or {})
+    if fmt == "imagenet":
+        if split != _imagenet_split(ds):
+            raise ConfigError(f"config key 'cam.split': dataset '{name}' (format imagenet) has the one split "
+                              f"'{_imagenet_split(ds)}' (datasets.{name}.options.split), not '{split}'")
+        if trains:
+            raise ConfigError(f"config key 'datasets.{name}': format imagenet is an evaluation set (one split); "
+                              f"models on it must not train (models.<name>.train.epochs: 0)")
     if is_standin(ds):
+        _check_preprocessing(key, ds, fmt, dims, workdir, standin=True)
         return
     layout = entry.meta["layout"]
     if not ds.get("root"):
@@ -259,12 +302,14 @@ def _check_dataset(name: str, ds: dict, split: str, workdir: Path) -> None:
             raise ConfigError(f"config key '{key}.{sub}': folder not found: {ds[sub]} (format '{fmt}', "
                               f"expected layout {layout})")
     root = workdir / ds["root"]
+    _check_preprocessing(key, ds, fmt, dims, workdir, standin=False)
     try:
         check_source(fmt, root, ds.get("options") or {})
     except DataError as err:
         raise ConfigError(f"config key '{key}.root': {err}") from None
     if fmt == "imagefolder":
-        for needed, why in (("train", "models train on it"), (split, "cam.split")):
+        needed_splits = [("train", "models train on it")] if trains else []
+        for needed, why in needed_splits + [(split, "cam.split")]:
             if not (root / needed).is_dir():
                 raise ConfigError(f"config key '{key}.root': no '{needed}' split folder ({why}) in {ds['root']}; "
                                   f"found: {sorted(p.name for p in root.iterdir() if p.is_dir())} "
@@ -381,8 +426,9 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         raise ConfigError("config key 'datasets': must not be empty")
     if not models:
         raise ConfigError("config key 'models': must not be empty")
+    training = {m["dataset"] for m in models.values() if (m.get("train") or {}).get("epochs", 1)}
     for name, ds in datasets.items():
-        _check_dataset(name, ds, config["cam"]["split"], workdir)
+        _check_dataset(name, ds, config["cam"]["split"], workdir, trains=name in training)
     for name, model in models.items():
         key = f"models.{name}"
         if model["dataset"] not in datasets:
@@ -420,7 +466,7 @@ def check_config(config: dict, workdir: str | Path = ".") -> None:
         if standin_split and config["cam"]["split"] not in standin_split:
             raise ConfigError(f"config key 'cam.split': split '{config['cam']['split']}' is not generated "
                               f"by datasets.{model['dataset']}.standin.counts ({', '.join(standin_split)})")
-        if standin_split and "train" not in standin_split:
+        if standin_split and "train" not in standin_split and (model.get("train") or {}).get("epochs", 1):
             raise ConfigError(f"config key 'datasets.{model['dataset']}.standin.counts': a 'train' split "
                               f"is needed to train model '{name}'")
     _check_params(METHODS, config["cam"]["methods"], "cam.methods")

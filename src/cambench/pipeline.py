@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -21,10 +22,12 @@ from .data import generate_standin as generate_standin_files
 from .data import prepare, read_dataset, split_size
 from .engine import FLAG_CONSTANT, FLAG_NONFINITE, METHODS, explain_many, method_applies, method_of
 from .metrics import METRICS, evaluate_applies
+from .metrics.localisation import label_class_boxes
 from .metrics.robustness import combine_robustness
-from .models import (accuracy, build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
+from .models import (build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
                      train_classifier)
 from .perturbations import perturb, perturbation_needs
+from .plan import metric_progress_steps
 from .provenance import provenance
 from .store import HeatmapWriter, read_heatmaps
 from .utils import atomic_path, json_attribute, pick_device
@@ -32,12 +35,36 @@ from .utils import atomic_path, json_attribute, pick_device
 log = logging.getLogger("cambench")
 
 METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                  "prediction", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
+                  "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
 
 
-def _progress(total: int, desc: str) -> tqdm:
-    # Logs are files: update rarely, no carriage-return animation noise.
-    return tqdm(total=total, desc=desc, mininterval=5.0, ascii=True)
+PROGRESS_LOG_SECONDS = 30.0  # a job log gets a progress line at most this often (a terminal every 5 s)
+
+
+class _LineStream:
+    """tqdm's refreshes, each on a line of its own: in a job log (a file) the carriage returns of a
+    terminal bar would pile every refresh of a job onto one ever-growing line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _progress(total: float, desc: str, unit: str = "it") -> tqdm:
+    """A progress bar with elapsed and remaining time ("[05:02<01:54, ...]"), on stderr: in a job the
+    log file (scripting.logged), one line per refresh, at most every PROGRESS_LOG_SECONDS."""
+    stream = sys.stderr
+    terminal = bool(getattr(stream, "isatty", lambda: False)())
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit != "it", ascii=True,
+                file=stream if terminal else _LineStream(stream),
+                mininterval=5.0 if terminal else PROGRESS_LOG_SECONDS, ncols=None if terminal else 100)
 
 
 def _json(obj) -> str:
@@ -66,10 +93,15 @@ def generate_standin(output_dir: str | Path, spec: dict, seed: int) -> dict:
 
 def prepare_dataset(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | Path | None = None,
                     options: dict | None = None, channels: int = 3, seed: int = 0,
+                    classes: list[str] | str | None = None, resize: int = 0, crop: int = 0,
                     config: dict | None = None) -> dict:
+    """``classes``: the class mapping (a list, or a file relative to the working directory, like
+    ``root``); ``resize`` / ``crop``: torchvision's evaluation Resize / CenterCrop (0 = off)."""
     summary = prepare(fmt, root, output, mask_root=mask_root or None, options=options, seed=seed,
-                      channels=channels, attrs={"provenance": _json(provenance(config))})
-    log.info("prepared %s: %s", output, summary)
+                      channels=channels, classes=classes or None, resize=int(resize or 0), crop=int(crop or 0),
+                      attrs={"provenance": _json(provenance(config))})
+    shown = {**summary, "classes": f"{len(summary['classes'])} classes"} if len(summary["classes"]) > 20 else summary
+    log.info("prepared %s: %s", output, shown)
     return summary
 
 
@@ -77,51 +109,111 @@ def prepare_dataset(fmt: str, root: str | Path, output: str | Path, *, mask_root
 # Models
 # ------------------------------------------------------------------------------------------------
 
+def model_normalisation(architecture: str, params: dict, train: dict, dataset_mean: list[float],
+                        dataset_std: list[float], channels: int) -> dict:
+    """The ``mean``/``std`` a model is built with (its Normalize in front of the network).
+
+    ``params.mean``/``params.std`` win. Otherwise torchvision architectures get ImageNet's (their
+    builder's default: what pretrained weights expect). Other architectures are trained on the
+    dataset's own statistics; an evaluation-only 'module:function' model (``train.epochs`` 0) gets
+    the identity (mean 0, std 1): its function is taken to normalise its input itself (README,
+    "Explain a pretrained classifier").
+    """
+    if "mean" in params or "std" in params:
+        return {}
+    if resolve_architecture(architecture).meta.get("imagenet_normalisation"):
+        return {"mean": None, "std": None}
+    if not train["epochs"] and ":" in architecture:
+        return {"mean": [0.0] * channels, "std": [1.0] * channels}
+    return {"mean": dataset_mean, "std": dataset_std}
+
+
+def _top_k_accuracy(model, ds, dev, batch_size: int = 256, k: int = 5) -> tuple[float, float]:
+    """Top-1 and top-k accuracy over a dataset, batch by batch from its uint8 images (a 224 px
+    validation set does not fit on a device as float)."""
+    top1 = topk = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(ds), batch_size):
+            index = slice(start, min(start + batch_size, len(ds)))
+            logits = model(ds.pixels(index, dev))
+            labels = torch.from_numpy(ds.labels[index]).to(dev)
+            ranked = logits.topk(min(k, logits.shape[1]), dim=1).indices
+            top1 += int((ranked[:, 0] == labels).sum())
+            topk += int((ranked == labels[:, None]).any(dim=1).sum())
+    return top1 / max(len(ds), 1), topk / max(len(ds), 1)
+
+
 def train_model(dataset_path: str | Path, output_model: str | Path, output_metrics: str | Path, *,
                 architecture: str, params: dict, train: dict, seed: int, device: str = "auto",
                 eval_split: str = "test", weights: str = "", weights_exclude: list[str] = (),
-                config: dict | None = None) -> dict:
-    """Build, optionally load local ``weights``, train (unless ``train['epochs']`` is 0), record
-    accuracy on ``eval_split``, and write the checkpoint."""
+                config: dict | None = None, name: str = "", dataset: str = "") -> dict:
+    """Build, optionally load local ``weights``, train (unless ``train['epochs']`` is 0: then no
+    train split is read or needed), check that the model emits one logit per class of the dataset's
+    class mapping, record accuracy on ``eval_split``, and write the checkpoint."""
     dev = pick_device(device)
-    train_set = read_dataset(dataset_path, "train")
     test_set = read_dataset(dataset_path, eval_split)
-    arch_params = {"n_classes": len(train_set.class_names), "in_channels": int(train_set.images.shape[1]),
-                   "mean": train_set.mean, "std": train_set.std, **params}
+    train_set = read_dataset(dataset_path, "train") if train["epochs"] else None
+    stats_set = train_set or test_set  # the file's mean/std: the train split's, else all images'
+    channels = int(test_set.images.shape[1])
+    arch_params = {"n_classes": len(test_set.class_names), "in_channels": channels,
+                   **model_normalisation(architecture, params, train, stats_set.mean, stats_set.std, channels),
+                   **params}
     torch.manual_seed(seed)
     model = build_model(architecture, **arch_params)
     loaded = load_weights(model, weights, exclude=list(weights_exclude)) if weights else None
     if loaded:
         log.info("weights from %s: %s", weights, loaded)
     model = model.to(dev)
-    x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
+    _check_logits(model, test_set, dev, name or architecture, dataset)
     start = time.perf_counter()
-    trainer = resolve_architecture(architecture).meta.get("trainer", train_classifier)
-    # Two-phase trainers (multi_exit_cnn) take the second phase's epochs; 0 means as many as 'epochs'.
-    phases = {"aggregator_epochs": train.get("aggregator_epochs") or train["epochs"]} \
-        if "aggregator_epochs" in inspect.signature(trainer).parameters else {}
     history = []
     if train["epochs"]:  # 0 epochs: the loaded weights as they are
+        trainer = resolve_architecture(architecture).meta.get("trainer", train_classifier)
+        # Two-phase trainers (multi_exit_cnn) take the second phase's epochs; 0 means as many as 'epochs'.
+        phases = {"aggregator_epochs": train.get("aggregator_epochs") or train["epochs"]} \
+            if "aggregator_epochs" in inspect.signature(trainer).parameters else {}
+        x, y = train_set.pixels(slice(None), dev), torch.from_numpy(train_set.labels).to(dev)
         with _progress(train["epochs"] + sum(phases.values()), "train epochs") as bar:
             history = trainer(model, x, y, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                               weight_decay=train["weight_decay"], seed=seed, progress=bar, **phases)
+        del x, y
     seconds = time.perf_counter() - start
-    test_acc = accuracy(model, test_set.pixels(slice(None), dev), torch.from_numpy(test_set.labels).to(dev))
+    test_acc, test_top5 = _top_k_accuracy(model, test_set, dev)
+    train_acc = _top_k_accuracy(model, train_set, dev)[0] if train_set is not None else None
+    present = len(set(test_set.labels.tolist()))
     result = {"architecture": architecture, "params": {k: v for k, v in params.items()},
-              "train_accuracy": accuracy(model, x, y), "test_accuracy": test_acc, "eval_split": eval_split,
-              "n_train": len(train_set), "n_test": len(test_set), "chance": 1 / len(train_set.class_names),
-              "train_seconds": seconds, "history": history, "epochs": train["epochs"],
-              "weights": str(weights or ""), "weights_loaded": loaded,
+              "train_accuracy": train_acc, "test_accuracy": test_acc, "test_top5_accuracy": test_top5,
+              "eval_split": eval_split, "n_train": len(train_set) if train_set is not None else 0,
+              "n_test": len(test_set), "n_classes": len(test_set.class_names), "classes_present": present,
+              "chance": 1 / len(test_set.class_names), "train_seconds": seconds, "history": history,
+              "epochs": train["epochs"], "weights": str(weights or ""), "weights_loaded": loaded,
+              "normalisation": {k: arch_params.get(k) for k in ("mean", "std")},
               "provenance": provenance(config, [dataset_path, *([weights] if weights else [])], seed, dev)}
-    log.info("test accuracy %.4f (train %.4f) in %.1fs", test_acc, result["train_accuracy"], seconds)
+    log.info("test accuracy %.4f (top-5 %.4f; train %s) in %.1fs", test_acc, test_top5,
+             "-" if train_acc is None else f"{train_acc:.4f}", seconds)
     minimum = train.get("min_test_accuracy", 0.0)
     if test_acc < minimum:
         raise RuntimeError(f"test accuracy {test_acc:.4f} is below models.*.train.min_test_accuracy={minimum}")
     save_checkpoint(output_model, model.cpu(), architecture, arch_params,
-                    extra={"class_names": train_set.class_names, "test_accuracy": test_acc})
+                    extra={"class_names": test_set.class_names, "test_accuracy": test_acc})
     with atomic_path(output_metrics) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=2, default=str))
     return result
+
+
+def _check_logits(model, ds, dev, name: str, dataset: str) -> None:
+    """One forward of one image: the model's logits must be one per class of the dataset's mapping,
+    or every accuracy and every class-indexed map would be silently wrong."""
+    model.eval()
+    with torch.no_grad():
+        n_logits = model(ds.pixels(slice(0, 1), dev)).shape[-1]
+    if n_logits != len(ds.class_names):
+        where = f"datasets.{dataset}.classes" if dataset else "the dataset's classes"
+        raise ValueError(f"model '{name}' produces {n_logits} logits but dataset '{dataset or ds.path}' has "
+                         f"{len(ds.class_names)} classes ({where}); labels index the model's outputs, so the "
+                         f"two must agree: give {where} the model's full class list in its output order "
+                         f"(e.g. ImageNet's LOC_synset_mapping.txt for a 1000-way head)")
 
 
 def _load_model(model_path: str | Path, dev: torch.device):
@@ -211,9 +303,10 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
                      memory_mb: float = 1024.0, extra_inputs: list | None = None,
                      names: dict | None = None, config: dict | None = None,
                      perturbation_params: dict | None = None, perturbed: str | Path | None = None,
-                     shard: tuple[int, int] | None = None) -> None:
+                     shard: tuple[int, int] | None = None, store: str = "feature") -> None:
     """All methods for one (perturbation, level), on the split or its ``shard`` = (start, stop):
-    one forward + backward per batch serves them all."""
+    one forward + backward per batch serves them all. ``store`` (cam.store): 'feature' keeps the
+    maps at feature resolution, rebuilt on read (cambench.store)."""
     dev = pick_device(device)
     ds = read_shard(dataset_path, split, shard)
     first = int(shard[0]) if shard else 0  # the shard's first row in the split
@@ -233,7 +326,7 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
              "rows": _json([first, first + len(ds)]),
              **(names or {})}
     n = len(ds)
-    with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs) as writer, \
+    with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs, store) as writer, \
             _progress(n, f"heatmaps {perturbation}~{level}") as bar:
         for start in range(0, n, batch_size):
             index = slice(start, min(start + batch_size, n))
@@ -299,13 +392,16 @@ def search_sycam(dataset_path: str | Path, model_path: str | Path, output_expres
 # Metrics
 # ------------------------------------------------------------------------------------------------
 
-def metric_params(name: str, params: dict | None, score: str) -> dict:
-    """Config parameters plus the global score for metrics that read one, with defaults filled in."""
+def metric_params(name: str, params: dict | None, score: str, inputs: set[str] | None = None) -> dict:
+    """Config parameters plus the global score for metrics that read one, with defaults filled in.
+    With ``inputs``, the ground truth a data set supplies ({"masks", "boxes"}), choices that depend
+    on it are resolved as the metric resolves them (box_iou's gt_box "auto"), so the table records them."""
     entry = METRICS.get(name)
     full = {**entry.parameters(), **(params or {})}
     if "score" in full:
         full["score"] = score
-    return full
+    resolve = entry.meta.get("resolve_params")
+    return resolve(full, inputs) if resolve is not None and inputs is not None else full
 
 
 def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_path: str | Path,
@@ -323,6 +419,11 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     """
     dev = pick_device(device)
     ds = read_shard(dataset_path, split, shard)
+    supplied = {name for name, value in (("masks", ds.masks), ("boxes", ds.boxes)) if value is not None}
+    try:  # before any model or perturbation work: gt_box "boxes" on a data set without boxes
+        full_params = {name: metric_params(name, params, score, supplied) for name, params in metrics.items()}
+    except ValueError as err:
+        raise ValueError(f"metrics.compute ({dataset_path}, data set '{dataset}'): {err}") from None
     net, _ = _load_model(model_path, dev)
     hm = read_heatmaps(heatmaps_path, raw=True)
     clean = read_heatmaps(clean_heatmaps_path) if perturbation != "none" else None
@@ -333,19 +434,29 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev, model=net, target_layer=layer,
                               params=perturbation_params, batch_size=batch_size, stored=perturbed)
     masks = torch.from_numpy(ds.masks).to(dev) if ds.masks is not None else None
+    if "boxes" in supplied:  # box_iou's ground truth: the boxes of each image's label class, padded
+        boxes, box_valid = label_class_boxes(*(torch.from_numpy(a).to(dev) for a in
+                                               (ds.boxes, ds.box_image, ds.box_label, ds.labels)))
+    else:
+        boxes = box_valid = None
     method_specs = json_attribute(hm.attrs, "methods", heatmaps_path, dict, default={})
     targets = torch.from_numpy(hm.targets).to(dev)
     predictions = torch.from_numpy(hm.predictions).to(dev)
     clean_predictions = clean.predictions if clean is not None else hm.predictions
-    shared = {"masks": masks, "fill": images.new_tensor(ds.mean), "memory_mb": memory_mb, "predictions": predictions,
-              "target_layer": layer, "network": net, "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
+    shared = {"masks": masks, "boxes": boxes, "box_valid": box_valid, "fill": images.new_tensor(ds.mean),
+              "memory_mb": memory_mb, "predictions": predictions, "target_layer": layer, "network": net,
+              "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
               "batch_size": batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev),
               # re-explaining metrics (max-sensitivity, MPRT) explain every method in one pass
               "table_methods": {m: (method_specs.get(m, {}), torch.from_numpy(maps)) for m, maps in hm.maps.items()}}
     if clean is not None:
         shared["reference_predictions"] = torch.from_numpy(clean.predictions).to(dev)
     frames = []
-    with _progress(len(hm.maps) * len(metrics), f"metrics {perturbation}~{level}") as bar:
+    # The bar counts forward-equivalents per image, not steps: a table's shared work (max-sensitivity
+    # re-explains every method) falls on the first method's steps, which equal steps would ignore.
+    steps = metric_progress_steps(net, images[:1], layer, method_specs, list(hm.maps), full_params,
+                                  perturbed=clean is not None, masks=masks is not None)
+    with _progress(sum(steps.values()), f"metrics {perturbation}~{level}", unit="FE") as bar:
         for method, maps in hm.maps.items():
             heat = torch.from_numpy(maps).to(dev)
             extra = dict(shared, method=method, method_params=method_specs.get(method, {}),
@@ -357,9 +468,9 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                 entry = METRICS.get(name)
                 needs = set(entry.meta.get("needs", ()))
                 if ("masks" in needs and masks is None) or ("reference" in needs and clean is None):
-                    bar.update(1)
+                    bar.update(steps[method, name])
                     continue  # absent by design: this metric cannot apply here
-                full = metric_params(name, params, score)
+                full = full_params[name]
                 values, applies = evaluate_applies(net, images, heat, name, targets=targets, **extra, **full)
                 keep = applies.cpu().numpy()
                 vals = values.cpu().numpy()[keep]
@@ -369,13 +480,16 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                     "dataset": dataset, "model": model, "method": method, "perturbation": perturbation,
                     "level": float(level), "image_id": ds.ids[keep], "label": ds.labels[keep],
                     "target": hm.targets[keep], "prediction": hm.predictions[keep],
+                    # 1 = the label is the top-1 prediction; missing (NA) for heatmap files without it
+                    "label_rank": pd.array(hm.label_rank[keep] if hm.label_rank is not None
+                                           else [pd.NA] * int(keep.sum()), dtype="Int64"),
                     "clean_prediction": clean_predictions[keep], "metric": name,
                     "value": vals.astype(np.float64), "score": full.get("score", entry.meta.get("score", "")),
                     "params": _json({k: v for k, v in full.items() if k != "score"}),
                     # engine.FLAG_* bits of the map scored (1 constant, 2 had NaN/Inf): degenerate maps stay visible
                     "map_flags": hm.flags[method][keep].astype(np.uint8),
                 }))
-                bar.update(1)
+                bar.update(steps[method, name])
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     inputs = [dataset_path, model_path, heatmaps_path, clean_heatmaps_path, *([perturbed] if perturbed else [])]
     table.attrs["provenance"] = _json(provenance(config, list(dict.fromkeys(inputs)), seed, dev))
@@ -486,7 +600,8 @@ def models_table(train_jsons: dict[str, str], output: str | Path) -> pd.DataFram
     for name, path in train_jsons.items():
         info = json.loads(Path(path).read_text())
         rows.append({"model": name, "architecture": info["architecture"], "train_accuracy": info["train_accuracy"],
-                     "test_accuracy": info["test_accuracy"], "chance": info["chance"], "n_train": info["n_train"],
+                     "test_accuracy": info["test_accuracy"], "test_top5_accuracy": info.get("test_top5_accuracy"),
+                     "chance": info["chance"], "n_train": info["n_train"],
                      "n_test": info["n_test"], "epochs": info.get("epochs", len(info["history"])),
                      "weights": info.get("weights", ""),
                      "train_seconds": round(info["train_seconds"], 1)})

@@ -1,6 +1,7 @@
 """Figures for the report (matplotlib / seaborn), written atomically as PNG."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -61,21 +62,54 @@ def _display_slice(mask: np.ndarray | None, first_map: np.ndarray) -> int:
     return int(np.unravel_index(np.argmax(first_map), first_map.shape)[0])
 
 
-def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: str, n_images: int) -> None:
+def _save_bounded(fig, output, max_px: int, max_bytes: int | None) -> None:
+    """PNG or JPEG (by ``output``'s suffix) whose longer side is at most ``max_px`` and whose file is at
+    most ``max_bytes``: lower JPEG quality first, then fewer pixels (the report's size budget,
+    cambench.verdict)."""
+    from PIL import Image
+
+    width, height = fig.get_size_inches()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=min(110, max_px / max(width, height)), bbox_inches="tight")
+    plt.close(fig)
+    image = Image.open(buffer).convert("RGB")
+    jpeg = Path(output).suffix.lower() in (".jpg", ".jpeg")
+    scale = min(1.0, max_px / max(image.size))
+    while True:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        shown = image.resize(size, Image.LANCZOS) if size != image.size else image
+        for quality in (85, 75, 60, 45) if jpeg else (None,):
+            data = io.BytesIO()
+            if jpeg:
+                shown.save(data, "JPEG", quality=quality, optimize=True)
+            else:
+                shown.save(data, "PNG", optimize=True)
+            if max_bytes is None or data.tell() <= max_bytes:
+                break
+        if max_bytes is None or data.tell() <= max_bytes or min(size) <= 16:
+            break
+        scale *= 0.8
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(data.getvalue())
+
+
+def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: str, n_images: int,
+                    max_px: int = 2400, max_bytes: int | None = None) -> None:
     """Rows: images (spread over classes). Columns: the image with its ground-truth outline, then one
     overlay per method with the map's peak marked (x). Volumes show one axial slice per row (the
     one with the most ground truth, else the first method's peak); a peak on another slice is
-    drawn as a hollow marker at its in-plane position."""
+    drawn as a hollow marker at its in-plane position. The file (PNG, or JPEG for a .jpg output) is
+    at most ``max_px`` pixels on its longer side and ``max_bytes`` bytes (``_save_bounded``)."""
     ds = read_dataset(dataset_path, split)
-    hm = read_heatmaps(heatmaps_path)
     rows = _pick(ds.labels, n_images)
+    hm = read_heatmaps(heatmaps_path, rows=rows)  # hm's row r is the dataset's image rows[r]
     methods = list(hm.maps)
     volume = ds.images.ndim == 5
     fig, axes = plt.subplots(len(rows), len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.9 * len(rows)),
                              squeeze=False)
     for r, i in enumerate(rows):
         mask = ds.masks[i] if ds.masks is not None else None
-        z = _display_slice(mask, hm.maps[methods[0]][i]) if volume and methods else None
+        z = _display_slice(mask, hm.maps[methods[0]][r]) if volume and methods else None
         image = ds.images[i][:, z] if volume else ds.images[i]
         ax = axes[r, 0]
         show_image(ax, image)
@@ -83,11 +117,11 @@ def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: s
             shown = mask[z] if volume else mask
             if shown.any():
                 ax.contour(shown, levels=[0.5], colors="white", linewidths=0.8)
-        truth, pred = ds.class_names[ds.labels[i]], ds.class_names[hm.predictions[i]]
+        truth, pred = ds.class_names[ds.labels[i]], ds.class_names[hm.predictions[r]]
         ax.set_title(f"{truth} → {pred}" + (f" (z={z})" if volume else ""), fontsize=7)
         for c, m in enumerate(methods, start=1):
             ax = axes[r, c]
-            heat = hm.maps[m][i]
+            heat = hm.maps[m][r]
             show_image(ax, image)
             ax.imshow(heat[z] if volume else heat, cmap="jet", alpha=0.5, vmin=0, vmax=1)
             peak = peak_coordinates(torch.from_numpy(heat[None]).float())[0].tolist()
@@ -102,7 +136,7 @@ def heatmap_gallery(dataset_path: str, heatmaps_path: str, output: str, split: s
     level = f"{hm.attrs.get('perturbation')} {hm.attrs.get('level')}"
     fig.suptitle(f"{hm.attrs.get('model', '')}: heatmaps on {split} images ({level})", fontsize=9)
     fig.tight_layout()
-    _save(fig, output)
+    _save_bounded(fig, output, max_px, max_bytes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dataset import Dataset, read_dataset, split_size, write_dataset
-from .formats import FORMATS, DataError, Prepared, ReadContext, attach_masks, check_source, read_source
+from .formats import (FORMATS, DataError, Prepared, ReadContext, attach_masks, check_source, read_class_mapping,
+                      read_source)
 from .imagefolder import prepare_image_folder
 from .synthetic import SHAPES, generate_shapes
-from . import cifar, cifake, ct, mri, street  # noqa: E402,F401  (register their formats)
+from . import cifar, cifake, ct, imagenet, mri, street  # noqa: E402,F401  (register their formats)
 
 # Stand-in kinds and the format their files are written in ('shapes' is a class-folder set).
 STANDIN_FORMATS = {"shapes": "imagefolder", **{name: name for name in FORMATS.names() if name != "imagefolder"}}
@@ -28,9 +29,12 @@ def generate_standin(kind: str, out: str | Path, *, counts: dict, seed: int, **p
 
 
 def prepare(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | Path | None = None,
-            options: dict | None = None, seed: int = 0, channels: int = 3, attrs: dict | None = None) -> dict:
-    """Read ``root`` in format ``fmt`` (+ masks by id from ``mask_root``) into the dataset HDF5."""
-    data = read_source(fmt, root, options, seed=seed, channels=channels)
+            options: dict | None = None, seed: int = 0, channels: int = 3, attrs: dict | None = None,
+            classes: list[str] | str | Path | None = None, resize: int = 0, crop: int = 0) -> dict:
+    """Read ``root`` in format ``fmt`` (+ masks by id from ``mask_root``, given at the images' original
+    size) into the dataset HDF5. ``classes``: the class mapping (a list, or a file: see
+    :func:`read_class_mapping`); ``resize`` / ``crop``: torchvision's Resize / CenterCrop on 2D images."""
+    data = read_source(fmt, root, options, seed=seed, channels=channels, classes=classes, resize=resize, crop=crop)
     if mask_root:
         attach_masks(data, mask_root)
     write_dataset(output, data, {"source_root": str(root), "mask_root": str(mask_root or ""), "format": fmt,
@@ -40,7 +44,7 @@ def prepare(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | 
             "masks": data.masks is not None}
 
 
-__all__ = ["item_dims", "standin_writes_masks", "Dataset", "read_dataset", "split_size", "write_dataset", "DataError", "Prepared", "ReadContext", "FORMATS",
+__all__ = ["item_dims", "standin_writes_masks", "Dataset", "read_dataset", "split_size", "write_dataset", "DataError", "Prepared", "ReadContext", "FORMATS", "read_class_mapping",
            "attach_masks", "check_source", "read_source", "prepare", "generate_standin", "standin_format",
            "prepare_image_folder", "SHAPES", "generate_shapes"]
 

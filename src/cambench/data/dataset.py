@@ -4,7 +4,12 @@
     /labels   (N,) int64                    class index into attrs["class_names"]
     /masks    (N, *S) bool                  ground-truth object masks (only when known)
     /mask_known (N,) bool                   which masks are known (absent = all of them)
-    /meta/<column> (N,)                     per-item facts of the source format (e.g. lat, lon, z)
+    /meta/<column> (N,)                     per-item facts of the source format (e.g. lat, lon, z;
+                                            orig_height / orig_width before resize / crop)
+    /boxes    (M, 4) float32                ground-truth boxes (optional): (y0, x0, y1, x1) pixel edges
+                                            of the prepared image, stop exclusive
+    /box_image (M,) int64                   the item each box belongs to
+    /box_label (M,) int64                   the class index each box is annotated with
     /ids      (N,) str                      stable image id: "<split>/<class>/<stem>"
     /keys     (N,) uint32                   32-bit hash of the id, keys the perturbation noise
     /split    (N,) str                      split name per image
@@ -44,6 +49,9 @@ class Dataset:
     path: str = ""
     mask_known: np.ndarray | None = None   # bool (N,) when only some masks are known
     meta: dict[str, np.ndarray] = field(default_factory=dict)   # the source format's per-item columns
+    boxes: np.ndarray | None = None       # float32 (M, 4) (y0, x0, y1, x1) of the rows read; None = no boxes
+    box_image: np.ndarray | None = None   # int64 (M,) row (0..len-1 of the rows read) of each box
+    box_label: np.ndarray | None = None   # int64 (M,) class index of each box
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -89,6 +97,10 @@ def write_dataset(path: str | Path, data: Prepared, attrs: dict) -> None:
         f.create_dataset("split", data=np.asarray(data.split, dtype=object), dtype=STR)
         f.create_dataset("source", data=np.asarray(data.source, dtype=object), dtype=STR)
         f.create_dataset("sha256", data=np.asarray(data.sha256, dtype=object), dtype=STR)
+        if data.boxes is not None:
+            f.create_dataset("boxes", data=np.asarray(data.boxes, dtype=np.float32).reshape(-1, 4))
+            f.create_dataset("box_image", data=np.asarray(data.box_image, dtype=np.int64))
+            f.create_dataset("box_label", data=np.asarray(data.box_label, dtype=np.int64))
         for column, values in data.meta.items():
             values = np.asarray(values)
             if values.dtype.kind in "OUS":
@@ -149,6 +161,7 @@ def _read(f: h5py.File, path: Path, split: str | None, rows: slice | None = None
         raise ValueError(f"{path}: no images in split '{split}'; splits present: {sorted(set(splits))}")
     if rows is not None:
         sel = sel[rows]
+    boxes = _read_boxes(f, path, n, sel)
     return Dataset(
         images=f["images"][sel] if sel.size else f["images"][:0],  # reads only the rows selected
         labels=labels[sel],
@@ -162,7 +175,23 @@ def _read(f: h5py.File, path: Path, split: str | None, rows: slice | None = None
         mean=[float(v) for v in f.attrs["mean"]],
         std=[float(v) for v in f.attrs["std"]],
         path=str(path),
+        **boxes,
     )
+
+
+def _read_boxes(f: h5py.File, path: Path, n: int, sel: np.ndarray) -> dict:
+    """The boxes of the rows ``sel``, box_image re-indexed to positions in ``sel``."""
+    if "boxes" not in f:
+        return {}
+    boxes, image, label = f["boxes"][:], f["box_image"][:], f["box_label"][:]
+    if boxes.shape != (len(image), 4) or len(label) != len(image) or \
+            (len(image) and not (0 <= image.min() and image.max() < n)):
+        raise ValueError(f"{path}: boxes {boxes.shape}, box_image {image.shape}, box_label {label.shape} are "
+                         f"inconsistent (expected (M, 4), (M,), (M,) with box_image in 0..{n - 1})")
+    position = np.full(n, -1, np.int64)
+    position[sel] = np.arange(len(sel))
+    keep = position[image] >= 0
+    return {"boxes": boxes[keep], "box_image": position[image[keep]], "box_label": label[keep]}
 
 
 def split_size(path: str | Path, split: str) -> int:

@@ -18,6 +18,11 @@ A format is registered with::
   the reader calls :func:`assign_splits`).
 - ``dims``: 2 (images) or 3 (volumes) — of the prepared items (BraTS slices are 2D).
 - ``id_masks``: whether the stand-in writes masks by id to ``out / "masks"``.
+- ``resizes``: the reader applies ``ctx.resize`` / ``ctx.crop`` to each image as it decodes it (so
+  images of mixed sizes work); for other 2D formats :func:`read_source` applies them afterwards.
+
+After the reader, :func:`read_source` maps the labels onto the class mapping (``ctx.classes``, config
+``datasets.<name>.classes``) when one is given.
 
 Every reader reports a problem with the offending file before anything is written.
 """
@@ -32,6 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..registry import Registry
+from .preprocess import Geometry, geometry, transform_array, transform_boxes, transform_mask, transform_pil
 
 FORMATS = Registry("format")
 
@@ -45,6 +51,10 @@ class ReadContext:
     root: Path
     seed: int = 0
     channels: int = 3           # 2D image formats: 3 = RGB, 1 = grayscale
+    resize: int = 0             # 2D: shorter side to this (torchvision Resize(int)); 0 = off
+    crop: int = 0               # 2D: centre crop crop x crop after resize (CenterCrop(int)); 0 = off
+    classes: tuple[str, ...] = ()  # the class mapping (names in model order), () = none; readers that
+    #                                check annotation classes use it, the labels are mapped afterwards
 
 
 @dataclass
@@ -61,6 +71,9 @@ class Prepared:
     mask_known: np.ndarray | None = None  # bool (N,); None = every mask known (when masks is set)
     meta: dict[str, np.ndarray] = field(default_factory=dict)  # per-item columns (numbers or str)
     attrs: dict = field(default_factory=dict)                  # format facts for the file's attrs
+    boxes: np.ndarray | None = None       # float32 (M, 4) (y0, x0, y1, x1) pixel edges, prepared image
+    box_image: np.ndarray | None = None   # int64 (M,) item each box belongs to
+    box_label: np.ndarray | None = None   # int64 (M,) class index of each box
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -76,26 +89,51 @@ class Prepared:
             raise ValueError("Prepared: image ids are not unique")
         if self.masks is not None and self.masks.shape[1:] != self.images.shape[2:]:
             raise ValueError(f"Prepared: masks {self.masks.shape[1:]} do not match images {self.images.shape[2:]}")
+        given = [x is not None for x in (self.boxes, self.box_image, self.box_label)]
+        if any(given) and not all(given):
+            raise ValueError("Prepared: boxes, box_image and box_label come together")
+        if all(given):
+            m = len(self.boxes)
+            if self.boxes.shape != (m, 4) or len(self.box_image) != m or len(self.box_label) != m:
+                raise ValueError(f"Prepared: boxes {self.boxes.shape}, box_image {len(self.box_image)}, "
+                                 f"box_label {len(self.box_label)} differ (expected (M, 4), M, M)")
+            if m and not (0 <= self.box_image.min() and self.box_image.max() < n):
+                raise ValueError(f"Prepared: box_image outside 0..{n - 1}")
 
 
 def register_format(name: str, *, layout: str, check: Callable, standin: Callable | None = None,
-                    splits: str = "native", dims: int = 2, id_masks: bool = True, summary: str = "") -> Callable:
+                    splits: str = "native", dims: int = 2, id_masks: bool = True, resizes: bool = False,
+                    bounds: dict | None = None, summary: str = "") -> Callable:
     """``id_masks``: the stand-in writes masks by image id to ``out/masks`` (False for formats such
-    as BraTS or MosMed whose own layout holds the masks)."""
+    as BraTS or MosMed whose own layout holds the masks). ``resizes``: the reader applies
+    ``ctx.resize`` / ``ctx.crop`` itself. ``bounds``: of the options (see registry.py)."""
     if splits not in ("native", "assigned"):
         raise ValueError(f"format '{name}': splits must be 'native' or 'assigned'")
     return FORMATS.register(name, layout=layout, check=check, standin=standin, splits=splits, dims=dims,
-                            id_masks=id_masks, summary=summary)
+                            id_masks=id_masks, resizes=resizes, bounds=bounds or {}, summary=summary)
 
 
 def read_source(fmt: str, root: str | Path, options: dict | None = None, *, seed: int = 0,
-                channels: int = 3) -> Prepared:
-    """Check the layout, then read it with the format's reader."""
+                channels: int = 3, classes: list[str] | str | Path | None = None, resize: int = 0,
+                crop: int = 0) -> Prepared:
+    """Check the layout, read it with the format's reader (``resize`` / ``crop``: torchvision's
+    evaluation transforms on every 2D image), then map the labels onto ``classes`` (a list of
+    names or a mapping file, see :func:`read_class_mapping`; empty = the format's own classes)."""
     entry = FORMATS.get(fmt)
     options = dict(options or {})
     entry.check_params(options, where=f"format '{fmt}' options")
+    for name, value in (("resize", resize), ("crop", crop)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise DataError(f"datasets.<name>.{name}: a whole number >= 0 (0 = off), got {value!r}")
+    if (resize or crop) and entry.meta["dims"] != 2:
+        raise DataError(f"format '{fmt}' holds volumes; resize and crop are for 2D image formats")
+    mapping = read_class_mapping(classes)
     entry.meta["check"](Path(root), **options)
-    return entry.fn(ReadContext(Path(root), seed, channels), **options)
+    ctx = ReadContext(Path(root), seed, channels, int(resize), int(crop), tuple(mapping))
+    data = entry.fn(ctx, **options)
+    if (resize or crop) and not entry.meta.get("resizes"):
+        transform_prepared(data, ctx.resize, ctx.crop)
+    return apply_class_mapping(data, mapping, _mapping_source(classes), Path(root))
 
 
 def check_source(fmt: str, root: str | Path, options: dict | None = None) -> None:
@@ -169,6 +207,139 @@ def to_chw(arr: np.ndarray) -> np.ndarray:
     return arr.reshape(arr.shape[0], arr.shape[1], -1).transpose(2, 0, 1)
 
 
+def read_image_files(paths: list[Path], mode: str, resize: int = 0, crop: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Decode image files (converted to ``mode``, then torchvision's Resize(resize) and
+    CenterCrop(crop) where set) into (N, C, H, W) uint8 and their original (N, 2) (height, width).
+    Without resize and crop every image must have the size of the first."""
+    images, sizes = None, np.zeros((len(paths), 2), np.int64)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as im:
+                im.load()
+                im = im.convert(mode)
+                sizes[i] = im.height, im.width
+                arr = np.asarray(transform_pil(im, geometry(im.height, im.width, resize, crop)))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"{path}: cannot decode image ({err}) (expected a complete image file that PIL reads, "
+                            f"e.g. PNG or JPEG)") from None
+        chw = to_chw(arr)
+        if images is None:
+            images = np.empty((len(paths),) + chw.shape, np.uint8)
+        elif chw.shape != images.shape[1:]:
+            hint = "(after resize) resize keeps each image's aspect ratio: set datasets.<name>.crop as well" \
+                if resize else \
+                "set datasets.<name>.resize / crop (e.g. 256 / 224) to bring them to one"
+            raise DataError(f"{path}: image size {chw.shape[2]}x{chw.shape[1]} differs from "
+                            f"{images.shape[3]}x{images.shape[2]} of the first image {paths[0]}; all images must "
+                            f"have one size; {hint}")
+        images[i] = chw
+    return (images if images is not None else np.zeros((0, 0, 0, 0), np.uint8)), sizes
+
+
+def item_geometry(prepared: Prepared, i: int) -> Geometry:
+    """Item ``i``'s geometry from its original size (meta orig_height / orig_width) and the
+    resize / crop the set was prepared with (attrs); identity where the set was not transformed."""
+    h, w = prepared.images.shape[2:]
+    if "orig_height" in prepared.meta:
+        h, w = int(prepared.meta["orig_height"][i]), int(prepared.meta["orig_width"][i])
+    return geometry(h, w, int(prepared.attrs.get("resize", 0)), int(prepared.attrs.get("crop", 0)))
+
+
+def transform_prepared(prepared: Prepared, resize: int, crop: int) -> Prepared:
+    """Resize / crop a 2D set read at one size (formats whose reader does not do it itself):
+    images bilinear, masks nearest, boxes scaled and clipped; the original size goes to meta."""
+    if prepared.images.ndim != 4:
+        raise DataError("resize and crop are for 2D image formats")
+    n, _, h, w = prepared.images.shape
+    geo = geometry(h, w, resize, crop)
+    prepared.images = np.stack([to_chw(transform_array(im.transpose(1, 2, 0), geo)) for im in prepared.images]) \
+        if n else np.zeros((0, prepared.images.shape[1], *geo.size), np.uint8)
+    if prepared.masks is not None:
+        prepared.masks = np.stack([transform_mask(m, geo) for m in prepared.masks]) if n else \
+            np.zeros((0, *geo.size), bool)
+    if prepared.boxes is not None:
+        prepared.boxes, keep = transform_boxes(prepared.boxes, geo)
+        prepared.box_image, prepared.box_label = prepared.box_image[keep], prepared.box_label[keep]
+    prepared.meta.update(orig_height=np.full(n, h, np.int64), orig_width=np.full(n, w, np.int64))
+    prepared.attrs.update(resize=resize, crop=crop)
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------------
+# Class mapping (config datasets.<name>.classes)
+# ------------------------------------------------------------------------------------------------
+
+def read_class_mapping(spec: list[str] | tuple[str, ...] | str | Path | None,
+                       where: str = "datasets.<n>.classes") -> list[str]:
+    """Class names in the model's output order: ``spec`` is a list of names, or the path of a text
+    file with one class per line whose first whitespace-separated token is the name (the rest
+    describes it, e.g. ImageNet's LOC_synset_mapping.txt 'n01440764 tench, Tinca tinca'; blank lines
+    are skipped). Empty (None, [] or '') = no mapping: []."""
+    if spec is None or (isinstance(spec, (str, list, tuple)) and not spec):
+        return []
+    if isinstance(spec, (list, tuple)):
+        seen: dict[str, int] = {}
+        for k, name in enumerate(spec):
+            if not isinstance(name, str) or not name.strip():
+                raise DataError(f"{where}: entry {k} is {name!r}; expected a class name (a non-empty string)")
+            if name in seen:
+                raise DataError(f"{where}: class '{name}' appears twice (entries {seen[name]} and {k}); "
+                                f"each class once, in the model's output order")
+            seen[name] = k
+        return list(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"{path}: class mapping file not found ({where}; expected one class per line, first "
+                        f"word = the name, e.g. ImageNet's LOC_synset_mapping.txt)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read the class mapping ({err}) ({where}; expected UTF-8 text)") from None
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if tokens[0] in lines:
+            raise DataError(f"{path}:{number}: class '{tokens[0]}' repeats line {lines[tokens[0]]} ({where}; "
+                            f"each class once, in the model's output order)")
+        lines[tokens[0]] = number
+    if not lines:
+        raise DataError(f"{path}: no class names in the class mapping ({where}; expected one class per line, "
+                        f"first word = the name)")
+    return list(lines)
+
+
+def _mapping_source(spec) -> str:
+    return f"the class list {list(spec)[:3]}..." if isinstance(spec, (list, tuple)) else f"the class mapping {spec}"
+
+
+def apply_class_mapping(prepared: Prepared, mapping: list[str], source: str, root: Path) -> Prepared:
+    """Labels (and box labels) become indices into ``mapping``, class_names the whole mapping (a
+    subset of it may be present). A class present in the data but not in the mapping is an error
+    naming the class and one of its files."""
+    if not mapping:
+        return prepared
+    index = {name: i for i, name in enumerate(mapping)}
+    lookup = np.full(len(prepared.class_names), -1, np.int64)
+    for k, name in enumerate(prepared.class_names):
+        if name in index:
+            lookup[k] = index[name]
+            continue
+        items = np.flatnonzero(prepared.labels == k)
+        if not items.size and prepared.box_label is not None:
+            items = prepared.box_image[prepared.box_label == k]
+        if items.size:  # a class the format knows but no item has is not 'found'
+            raise DataError(f"{root / prepared.source[int(items[0])]}: class '{name}' is not in {source} "
+                            f"({len(mapping)} classes, e.g. {mapping[:3]}); every class of the data must be one "
+                            f"of its names")
+    prepared.labels = lookup[prepared.labels]
+    if prepared.box_label is not None:
+        prepared.box_label = lookup[prepared.box_label]
+    prepared.class_names = list(mapping)
+    return prepared
+
+
 def mask_path(mask_root: Path, source: str, image_id: str, per_file: bool) -> Path:
     """Where an item's mask lives: its source file's relative path with '.png' (when each item has
     its own source file), else ``<mask_root>/<id>.png`` (e.g. CIFAR batches hold many images)."""
@@ -187,15 +358,18 @@ def attach_masks(prepared: Prepared, mask_root: str | Path) -> Prepared:
     per_file = len(set(prepared.source)) == len(prepared.source)
     masks = []
     size = prepared.images.shape[2:]
-    for source, image_id in zip(prepared.source, prepared.ids):
+    for i, (source, image_id) in enumerate(zip(prepared.source, prepared.ids)):
         path = mask_path(mask_root, source, image_id, per_file)
         if not path.is_file():
             raise DataError(f"{path}: mask missing for image '{image_id}' (expected <mask_root>/<source file "
                             f"path>.png, e.g. <split>/<class>/<name>.png, or <mask_root>/<image id>.png)")
         mask = load_image(path, "L")
-        if mask.shape != size:
-            raise DataError(f"{path}: mask size {mask.shape[::-1]} differs from its image {tuple(size)[::-1]}")
-        masks.append(mask > 0)
+        geo = item_geometry(prepared, i)  # masks are given at the image's original size
+        if mask.shape != (geo.height, geo.width):
+            raise DataError(f"{path}: mask size {mask.shape[::-1]} differs from its image "
+                            f"{(geo.width, geo.height)} (masks are given at the original image size, before "
+                            f"resize / crop)")
+        masks.append(transform_mask(mask > 0, geo))
     prepared.masks = np.stack(masks) if masks else np.zeros((0, *size), bool)
     prepared.mask_known = None
     return prepared

@@ -5,8 +5,10 @@ Layout read (the torchvision ImageFolder convention, one folder per split)::
     <root>/<split>/<class>/<name>.<png|jpg|jpeg|bmp|tif|tiff>
     <mask_root>/<split>/<class>/<name>.png        optional; non-zero = object
 
-Every image must decode and have the same size; with ``mask_root`` every image needs a mask of
-its size. Problems are reported with the offending file before anything is written.
+Every image must decode and, unless the set is resized / cropped (config datasets.<name>.resize,
+crop), have the same size; with ``mask_root`` every image needs a mask of its (original) size. Only
+the split folders present are read (an evaluation-only set has no 'train'). Problems are reported
+with the offending file before anything is written.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import write_dataset
-from .formats import (DataError, Prepared, ReadContext, attach_masks, load_image, read_source, register_format,
-                      sha256_file, to_chw)
+from .formats import (DataError, Prepared, ReadContext, attach_masks, read_image_files, read_source,
+                      register_format, sha256_file)
 from .synthetic import SHAPES, generate_shapes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -50,23 +52,17 @@ def scan(root: Path, splits: list[str] | None = None, layout: str = LAYOUT,
     return classes, items
 
 
-def read_items(root: Path, classes: list[str], items: list[tuple[str, str, Path]], mode: str) -> Prepared:
-    """Decode (split, class, file) triples of one size into a :class:`Prepared` set."""
-    images, sums = [], []
-    size = None
-    for _, _, path in items:
-        sums.append(sha256_file(path))
-        arr = load_image(path, mode)
-        if size is None:
-            size = arr.shape[:2]
-        elif arr.shape[:2] != size:
-            raise DataError(f"{path}: image size {arr.shape[1]}x{arr.shape[0]} differs from "
-                            f"{size[1]}x{size[0]} of the first image; all images must have one size")
-        images.append(to_chw(arr))
+def read_items(root: Path, classes: list[str], items: list[tuple[str, str, Path]], mode: str,
+               resize: int = 0, crop: int = 0) -> Prepared:
+    """Decode (split, class, file) triples (of one size, unless ``resize`` / ``crop`` bring them to
+    one) into a :class:`Prepared` set; the original sizes go to meta orig_height / orig_width."""
+    images, sizes = read_image_files([p for _, _, p in items], mode, resize, crop)
     return Prepared(
-        images=np.stack(images), labels=np.array([classes.index(c) for _, c, _ in items], dtype=np.int64),
+        images=images, labels=np.array([classes.index(c) for _, c, _ in items], dtype=np.int64),
         class_names=list(classes), ids=[f"{s}/{c}/{p.stem}" for s, c, p in items],
-        split=[s for s, _, _ in items], source=[str(p.relative_to(root)) for _, _, p in items], sha256=sums)
+        split=[s for s, _, _ in items], source=[str(p.relative_to(root)) for _, _, p in items],
+        sha256=[sha256_file(p) for _, _, p in items],
+        meta={"orig_height": sizes[:, 0], "orig_width": sizes[:, 1]}, attrs={"resize": resize, "crop": crop})
 
 
 def _mode(channels: int) -> str:
@@ -86,10 +82,10 @@ def generate_shapes_standin(out: Path, *, counts: dict, seed: int, classes=SHAPE
 
 
 @register_format("imagefolder", layout=LAYOUT, check=check_image_folder, standin=generate_shapes_standin,
-                 summary="class folders per split (bring your own); any PIL-readable image")
+                 resizes=True, summary="class folders per split (bring your own); any PIL-readable image")
 def read_image_folder(ctx: ReadContext) -> Prepared:
     classes, items = scan(ctx.root)
-    return read_items(ctx.root, classes, items, _mode(ctx.channels))
+    return read_items(ctx.root, classes, items, _mode(ctx.channels), ctx.resize, ctx.crop)
 
 
 def prepare_image_folder(root: str | Path, output: str | Path, mask_root: str | Path | None = None,

@@ -8,6 +8,7 @@ from ..engine import CamError, CamInputs, register_method, resolve_layer
 
 
 @register_method("cam", needs_gradients=False, reads_target=False,  # the class index only
+                 cost={}, channel_weights=True,  # nothing beyond the shared forward (cambench.plan)
                  applies=lambda model, params: bool(params.get("fc_layer") or getattr(model, "cam_fc_layer", "")),
                  summary="CAM: the head's class weights on the activations")
 def cam(x: CamInputs, fc_layer: str = "") -> Tensor:
@@ -45,12 +46,13 @@ def principal_projection(acts: Tensor, centre: bool = True, sign_correction: boo
     return proj.reshape((n,) + acts.shape[2:]).to(acts.dtype)
 
 
-@register_method("eigencam", needs_gradients=False, reads_target=False,
+@register_method("eigencam", needs_gradients=False, reads_target=False, cost={},
                  summary="Eigen-CAM: projection on the first principal component (class-agnostic)")
 def eigencam(x: CamInputs, centre: bool = True, sign_correction: bool = True) -> Tensor:
     return principal_projection(x.activations, centre, sign_correction)
 
 
-@register_method("eigengradcam", reads_target=True, summary="Eigen-Grad-CAM: Eigen-CAM of gradient x activation")
+@register_method("eigengradcam", reads_target=True, cost={},
+                 summary="Eigen-Grad-CAM: Eigen-CAM of gradient x activation")
 def eigengradcam(x: CamInputs, centre: bool = True, sign_correction: bool = True) -> Tensor:
     return principal_projection(x.gradients * x.activations, centre, sign_correction)

@@ -51,6 +51,9 @@ def _deletion_drops(x: CamInputs, maps: Tensor, rows: Tensor, fraction: float) -
 
 @register_method("amecam", bounds={"invert": INVERT_CHOICES, "auto_fraction": "(0, 1)"},
                  needs_gradients=False,
+                 # the exits are one more forward; invert 'auto' two forwards of deleted images
+                 cost=lambda p, layer: {"forward": 3 if _invert_mode(p["invert"]) == "auto" else 1},
+                 raw_resolution="input",  # the signed map is built at input resolution (the heatmap file's /raw)
                  # the exit maps of the class index; only invert "auto" scores the target (the polarity)
                  reads_target=lambda p: str(p.get("invert", "true")).lower() == "auto",
                  applies=lambda model, params: hasattr(model, "exit_maps") and hasattr(model, "aggregate"),

@@ -51,6 +51,19 @@ def reads_target(entry, params: dict) -> bool:
     return bool(entry.declared("reads_target", params, True))
 
 
+def _cost(params: dict, layer: dict) -> dict:
+    """Model work per image (cambench.plan): the base once per contrast target (repo: one, uniform:
+    one per reference class), each with a backward of that target through the shared graph."""
+    from ..plan import method_work  # the base's own declaration; the planner imports this module
+    entry, base_params = _base_entry(params["base"], params.get("base_params"))
+    references = [r for r in params["reference_ranks"] if r < layer["classes"]]
+    contrast = params["alpha"] != 0 and bool(references)
+    runs = len(references) if contrast and params["weighting"] == "uniform" else 1
+    base = method_work(params["base"], base_params, layer)
+    backward = int(contrast and bool(entry.declared("needs_gradients", base_params, True)))
+    return {"forward": runs * base.forward, "head": runs * base.head, "backward": runs * (base.backward + backward)}
+
+
 def _check_finercam(params: dict) -> None:
     """Before any job: the base exists, takes its base_params, and reads the target (a base that
     does not -- CAM, Eigen-CAM, MI-CAM, Score-CAM 'official', MetaCAM -- would silently give the plain base)."""
@@ -113,6 +126,8 @@ def _retargeted(x: CamInputs, target_fn, with_gradients: bool) -> CamInputs:
 @register_method("finercam", bounds={"alpha": "[0, inf)", "reference_ranks": "each int [1, inf)",
                                      "weighting": FINER_WEIGHTINGS},
                  needs_gradients=_base_needs_gradients, check_params=_check_finercam, reads_target=True,
+                 cost=_cost, channel_weights=lambda p: bool(METHODS.get(p["base"]).declared(
+                     "channel_weights", p.get("base_params") or {}, False)),
                  scaling=lambda p: scaling_of(METHODS.get(p["base"]), p.get("base_params") or {}),  # the base's
                  summary="Finer-CAM: a base CAM of the target's contrast with its most similar classes")
 def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_ranks: list = (1, 2, 3),

@@ -13,13 +13,16 @@ from ..engine import CamError, CamInputs, register_method
 from ..utils import upsample
 
 
-@register_method("gradcam", reads_target=True, summary="Grad-CAM: spatial mean of the gradient")
+# cost {}: nothing beyond the forward + backward that every gradient method shares (cambench.plan)
+@register_method("gradcam", reads_target=True, cost={}, channel_weights=True,
+                 summary="Grad-CAM: spatial mean of the gradient")
 def gradcam(x: CamInputs) -> Tensor:
     return x.gradients.mean(dim=x.spatial_dims)
 
 
 @register_method("gradcampp", bounds={"eps": "(0, inf)"},
-                 reads_target=True, summary="Grad-CAM++: closed-form pixel coefficients g^2 / (2 g^2 + S_k g^3)")
+                 reads_target=True, cost={}, channel_weights=True,
+                 summary="Grad-CAM++: closed-form pixel coefficients g^2 / (2 g^2 + S_k g^3)")
 def gradcampp(x: CamInputs, eps: float = 1e-6) -> Tensor:
     g, a, dims = x.gradients, x.activations, x.spatial_dims
     g2 = g * g
@@ -30,26 +33,28 @@ def gradcampp(x: CamInputs, eps: float = 1e-6) -> Tensor:
 
 
 @register_method("xgradcam", bounds={"eps": "(0, inf)"},
-                 reads_target=True, summary="XGrad-CAM: activation-weighted spatial sum of the gradient")
+                 reads_target=True, cost={}, channel_weights=True,
+                 summary="XGrad-CAM: activation-weighted spatial sum of the gradient")
 def xgradcam(x: CamInputs, eps: float = 1e-7) -> Tensor:
     a, dims = x.activations, x.spatial_dims
     s = a.sum(dim=dims, keepdim=True)
     return (x.gradients * a / (s + eps)).sum(dim=dims)
 
 
-@register_method("hirescam", reads_target=True,
+@register_method("hirescam", reads_target=True, cost={},
                  summary="HiResCAM: element-wise gradient x activation summed over channels")
 def hirescam(x: CamInputs) -> Tensor:
     return (x.gradients * x.activations).sum(dim=1)
 
 
-@register_method("gradcam_elementwise", reads_target=True,
+@register_method("gradcam_elementwise", reads_target=True, cost={},
                  summary="Grad-CAM element-wise: ReLU of each channel's gradient x activation, summed")
 def gradcam_elementwise(x: CamInputs) -> Tensor:
     return (x.gradients * x.activations).clamp_min(0).sum(dim=1)
 
 
-@register_method("layercam", reads_target=True, summary="LayerCAM (one layer): ReLU(G) x A summed over channels")
+@register_method("layercam", reads_target=True, cost={},
+                 summary="LayerCAM (one layer): ReLU(G) x A summed over channels")
 def layercam(x: CamInputs) -> Tensor:
     return _layercam_map(x.activations, x.gradients)
 
@@ -71,7 +76,8 @@ TORCHCAM_NORM_EPS = 1e-8  # torchcam's epsilon in _CAM._normalize
 
 
 @register_method("layercam_ms", bounds={"fusion": LAYERCAM_FUSIONS, "gamma": "(0, inf)"},
-                 reads_target=True, extra_layers=lambda p: list(p["layers"]),
+                 reads_target=True, extra_layers=lambda p: list(p["layers"]), cost={},
+                 raw_resolution=lambda p: list(p["layers"]),  # fused at the finest of these and the target
                  summary="LayerCAM fused over several layers from one backward pass")
 def layercam_ms(x: CamInputs, layers: list = (), fusion: str = "max", gamma: float = 2.0) -> Tensor:
     """Fuse the target layer's LayerCAM with those of ``layers`` (usually shallower stages).

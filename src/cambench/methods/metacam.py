@@ -103,6 +103,20 @@ def _extra_layers(params: dict) -> list[str]:
     return list(dict.fromkeys(layers))
 
 
+def _cost(params: dict, layer: dict) -> dict:
+    """Model work per image (cambench.plan): the components, computed once per batch and shared with
+    the same methods of the table ('members'), and with adaptive k the metric of each k of the grid."""
+    work: dict = {"members": _component_spec(params["components"], params["component_params"])}
+    if params["k"] == "adaptive":
+        from ..plan import metric_work  # the metric's own declaration; the planner imports this module
+        inputs = set(MetricInputs.__dataclass_fields__)
+        metric = metric_work(params["metric"], {k: v for k, v in (params["metric_params"] or {}).items()
+                                                if k not in inputs}, layer)
+        work.update(forward=len(params["k_grid"]) * metric.forward, head=len(params["k_grid"]) * metric.head,
+                    backward=len(params["k_grid"]) * metric.backward)
+    return work
+
+
 def _check_k(k, name: str = "k") -> float:
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
         raise CamError(f"metacam: {name} must be a percentage in (0, 100], got {k!r}")
@@ -207,7 +221,8 @@ def select_k(values: Tensor, k_selection: str = "same_image", higher_is_better: 
 
 @register_method("metacam", bounds={"consensus": CONSENSUS, "k": ("adaptive", "(0, 100]"), "k_grid": "each (0, 100]",
                          "k_selection": K_SELECTION},
-                 needs_gradients=_needs_gradients, extra_layers=_extra_layers,
+                 needs_gradients=_needs_gradients, extra_layers=_extra_layers, cost=_cost,
+                 raw_resolution="input",  # the consensus of post-processed maps (the heatmap file's /raw)
                  check_params=nested_params("metric_params", METRICS, "metric", "road_combined",
                                             ignore=lambda name: name in MetricInputs.__dataclass_fields__),
                  reads_target=False,  # components come from the session's own inputs (x.method_map)

@@ -90,6 +90,10 @@ def _masked_scores(x: CamInputs, images: Tensor, centre: Tensor | None, variant:
 @register_method("scorecam", bounds={"variant": SCORECAM_VARIANTS, "baseline": SCORECAM_BASELINES,
                                      "chunk_size": "int [0, inf)"},
                  needs_gradients=False,
+                 # one forward per channel and image (constant channels share one baseline forward per batch)
+                 cost=lambda p, layer: {"forward": layer["channels"]},
+                 channel_weights=lambda p: p.get("variant", "pgc") != "official",  # official: a map
+                 raw_resolution=lambda p: "input" if p.get("variant", "pgc") == "official" else None,
                  # 'official' scores the softmax probability of the class index, not the target
                  reads_target=lambda p: p.get("variant", "pgc") != "official",
                  summary="Score-CAM: channel weights from the scores of activation-masked inputs")
@@ -161,7 +165,8 @@ def ablated_scores(x: CamInputs, values: Tensor, chunk_size: int = 0) -> Tensor:
 
 
 @register_method("ablationcam", bounds={"ablation_value": "(-inf, inf)", "chunk_size": "int [0, inf)"},
-                 needs_gradients=False, reads_target=True,
+                 needs_gradients=False, reads_target=True, channel_weights=True,
+                 cost=lambda p, layer: {"head": layer["channels"]},  # a replay after the target layer per channel
                  flags=lambda x, params: (x.scores <= 0).to(torch.uint8) * FLAG_NONPOSITIVE_SCORE,
                  summary="Ablation-CAM: relative score drop when one channel is ablated")
 def ablationcam(x: CamInputs, ablation_value: float | None = None, chunk_size: int = 0) -> Tensor:

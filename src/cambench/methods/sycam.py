@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import CamError, CamInputs, register_method
-from ..synthesis import TerminalSet, evaluate_expression, resolve_expression, uses_gradients
+from ..synthesis import TERMINALS, TerminalSet, evaluate_expression, resolve_expression, uses_gradients
 
 DEFAULT_EXPRESSION = "gradcam"
 
@@ -27,8 +27,19 @@ def _reads_target(params: dict) -> bool:
     return any(t != "act_mean" for t in expr.terminals())
 
 
+def _cost(params: dict, layer: dict) -> dict:
+    """Model work per image (cambench.plan): the score terminal is Score-CAM's forward per channel,
+    ablation Ablation-CAM's replay per channel; the others read the shared pass."""
+    try:
+        terminals = set(resolve_expression(params["expression"]).terminals())
+    except (CamError, OSError):  # a file not written yet: any terminal may appear
+        terminals = set(TERMINALS)
+    return {"forward": layer["channels"] * ("score" in terminals),
+            "head": layer["channels"] * ("ablation" in terminals)}
+
+
 @register_method("sycam", bounds={"chunk_size": "int [0, inf)"},
-                 needs_gradients=_needs_gradients, reads_target=_reads_target,
+                 needs_gradients=_needs_gradients, reads_target=_reads_target, cost=_cost, channel_weights=True,
                  summary="SyCAM: channel weights from a (synthesised) expression over CAM terminals")
 def sycam(x: CamInputs, expression: str = DEFAULT_EXPRESSION, chunk_size: int = 0) -> Tensor:
     """Weights w = e(terminals) (N, K) for the grammar expression ``expression`` [our-reading].

@@ -31,6 +31,9 @@ class MetricInputs:
     targets: Tensor                         # (N,) class the heatmap explains
     model: nn.Module | None = None
     masks: Tensor | None = None             # (N, *S) bool ground-truth object masks
+    # Annotated boxes of each image's label class, padded (localisation.label_class_boxes):
+    boxes: Tensor | None = None             # (N, B, 4) float (y0, x0, y1, x1) pixel edges, stop exclusive
+    box_valid: Tensor | None = None         # (N, B) bool: which of ``boxes`` are real, not padding
     reference: Tensor | None = None         # (N, *S) heatmaps of the unperturbed images
     predictions: Tensor | None = None       # (N,) predictions on these images
     reference_predictions: Tensor | None = None  # (N,) predictions on the unperturbed images

@@ -73,11 +73,16 @@ def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
 
 
 @register_metric("conservation_residual", needs=("model", "method"), higher_is_better=False, family="axioms",
-                 score="logit",
+                 score="logit", cost={},  # reads the stored signed map and score (cambench.plan)
                  summary="|logit - sum of the signed map| / |logit| (XGrad-CAM conservation)")
 def conservation_residual(x: MetricInputs) -> Tensor:
     scores, _, signed = _terms(x)
     return ((scores - signed.flatten(1).sum(dim=1)).abs() / scores.abs().clamp_min(_SCORE_EPS)).float()
+
+
+def _channel_terms_cost(p: dict, layer: dict) -> dict:
+    """channel_terms, once per table: a forward and a replay after the target layer per channel (cambench.plan)."""
+    return {"forward": 1, "head": layer["channels"], "per": "table", "once": "channel_terms"}
 
 
 def _sensitivity(x: MetricInputs, value) -> tuple[Tensor, Tensor]:
@@ -91,7 +96,7 @@ def _sensitivity(x: MetricInputs, value) -> tuple[Tensor, Tensor]:
 
 
 @register_metric("sensitivity_residual", needs=("model", "method"), higher_is_better=False, family="axioms",
-                 score="logit",
+                 score="logit", cost=_channel_terms_cost, channel_weights=True,  # rows: those methods only
                  summary="mean_k |dS_k - w_k S_k| / |logit| (XGrad-CAM sensitivity); channel-weight methods only")
 def sensitivity_residual(x: MetricInputs) -> tuple[Tensor, Tensor]:
     return _sensitivity(x, lambda drops, predicted, scores:
@@ -99,7 +104,7 @@ def sensitivity_residual(x: MetricInputs) -> tuple[Tensor, Tensor]:
 
 
 @register_metric("sensitivity_correlation", needs=("model", "method"), higher_is_better=True, family="axioms",
-                 score="logit",
+                 score="logit", cost=_channel_terms_cost, channel_weights=True,  # rows: those methods only
                  summary="Pearson correlation over channels of dS_k and w_k S_k; channel-weight methods only")
 def sensitivity_correlation(x: MetricInputs) -> tuple[Tensor, Tensor]:
     from .robustness import pearson

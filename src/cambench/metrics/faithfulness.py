@@ -220,9 +220,15 @@ def _curve_auc(x: MetricInputs, metric: str, steps: int, substrate: str, score: 
     return trapezoid_auc(removal_curve(x, steps, base, replacement, score))
 
 
+# Model work per image and method, for cambench.plan: forwards (plus 'head' replays, 'backward's); a
+# part with a 'once' key is computed once per key and method, or once per table with 'per: table'.
+_IMAGE_LOGITS = {"forward": 1, "per": "table", "once": "model_logits"}  # the images' own logits (model_logits)
+
+
 @register_metric("deletion_auc", bounds={"steps": "int [1, inf)", "substrate": SUBSTRATES, "score": SCORES,
                          "blur_padding": BLUR_PADDINGS},
                  needs=("model",), higher_is_better=False, family="faithfulness",
+                 cost=lambda p, layer: {"forward": p["steps"] + 1},
                  summary="area under the target score as the most salient pixels are removed")
 def deletion_auc(x: MetricInputs, steps: int = 64, substrate: str = "mean", score: str = "prob",
                  blur_padding: str = "mean") -> Tensor:
@@ -232,6 +238,7 @@ def deletion_auc(x: MetricInputs, steps: int = 64, substrate: str = "mean", scor
 @register_metric("insertion_auc", bounds={"steps": "int [1, inf)", "substrate": SUBSTRATES, "score": SCORES,
                          "blur_padding": BLUR_PADDINGS},
                  needs=("model",), higher_is_better=True, family="faithfulness",
+                 cost=lambda p, layer: {"forward": p["steps"] + 1},
                  summary="area under the target score as the most salient pixels are restored on a blurred image")
 def insertion_auc(x: MetricInputs, steps: int = 64, substrate: str = "blur", score: str = "prob",
                   blur_padding: str = "mean") -> Tensor:
@@ -289,7 +296,13 @@ _DOC_AD = """
 """
 
 
+def _explanation_cost(p: dict, layer: dict) -> list:
+    """The three explanation-image metrics share the explanation image's logits (cambench.plan)."""
+    return [_IMAGE_LOGITS, {"forward": 1, "once": ("explanation", p["multiply_space"])}]
+
+
 @register_metric("average_drop", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 cost=_explanation_cost,
                  needs=("model",), higher_is_better=False, family="faithfulness",
                  summary="100 * max(0, Y - O) / Y: relative score drop on the map-weighted image (%)")
 def average_drop(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> tuple[Tensor, Tensor]:
@@ -299,6 +312,7 @@ def average_drop(x: MetricInputs, multiply_space: str = "normalised", score: str
 
 
 @register_metric("increase_in_confidence", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 cost=_explanation_cost,
                  needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="100 * 1[O > Y]: the map-weighted image raises the target score (%)")
 def increase_in_confidence(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> Tensor:
@@ -307,6 +321,7 @@ def increase_in_confidence(x: MetricInputs, multiply_space: str = "normalised", 
 
 
 @register_metric("average_gain", bounds={"multiply_space": MULTIPLY_SPACES, "score": SCORES},
+                 cost=_explanation_cost,
                  needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="100 * max(0, O - Y) / Y: relative score gain on the map-weighted image (%)")
 def average_gain(x: MetricInputs, multiply_space: str = "normalised", score: str = "prob") -> tuple[Tensor, Tensor]:
@@ -337,6 +352,7 @@ average_gain.__doc__ = f"""Average Gain, the later papers' "Average Increase" va
 @register_metric("relative_drop", bounds={"fractions": "each (0, 1]", "mask_value": ("mean", "zero"),
                          "reference_class": REFERENCE_CLASSES, "score": SCORES},
                  needs=("model",), higher_is_better=True, family="faithfulness",
+                 cost=lambda p, layer: [_IMAGE_LOGITS, {"forward": len(p["fractions"])}],
                  summary="Finer-CAM RD: target score drop minus reference-class drop after masking the top 5 % "
                          "(our reading)")
 def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = "mean",
@@ -420,6 +436,11 @@ _DOC_ABLATION = """
 """
 
 
+def _ablation_cost(p: dict, layer: dict) -> list:
+    """ablation_drop and ablation_flip share the filled images' logits (cambench.plan)."""
+    return [_IMAGE_LOGITS, {"forward": 1, "once": ("ablation", p["threshold"], p["substrate"], p["blur_padding"])}]
+
+
 @register_metric("ablation_area", bounds={"threshold": "[0, 1]"},
                  needs=(), higher_is_better=None, family="faithfulness",
                  summary="fraction of the image whose map is >= threshold (street-scene ablated region)")
@@ -431,7 +452,7 @@ def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
     return _ablation_region(x, threshold, "ablation_area").flatten(1).float().mean(dim=1)
 
 
-@register_metric("ablation_drop", bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
+@register_metric("ablation_drop", cost=_ablation_cost, bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
                          "blur_padding": BLUR_PADDINGS, "score": SCORES},
                  needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="target score before minus after filling the map's region >= threshold")
@@ -442,7 +463,7 @@ def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blu
     return (target_scores(before, x.targets, score) - target_scores(after, x.targets, score)).float()
 
 
-@register_metric("ablation_flip", bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
+@register_metric("ablation_flip", cost=_ablation_cost, bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
                          "blur_padding": BLUR_PADDINGS},
                  needs=("model",), higher_is_better=True, family="faithfulness",
                  summary="1 if filling the map's region >= threshold moves the prediction off the target")

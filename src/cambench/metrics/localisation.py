@@ -372,48 +372,105 @@ def bounding_boxes(binary: Tensor) -> Tensor:
 
 
 def box_overlap(a: Tensor, b: Tensor) -> Tensor:
-    """IoU (N,) float64 of boxes (N, 2 ndim) as :func:`bounding_boxes` writes them; 0 where both are empty."""
-    ndim = a.shape[1] // 2
-    lo, hi = torch.maximum(a[:, :ndim], b[:, :ndim]), torch.minimum(a[:, ndim:], b[:, ndim:])
-    inter = (hi - lo).clamp_min(0).double().prod(dim=1)
-    volume_a = (a[:, ndim:] - a[:, :ndim]).double().prod(dim=1)
-    volume_b = (b[:, ndim:] - b[:, :ndim]).double().prod(dim=1)
+    """IoU (*B,) float64 of boxes (*B, 2 ndim) as :func:`bounding_boxes` writes them (integer or float
+    pixel edges, computed in float64; shapes broadcast); 0 where both are empty."""
+    a, b = a.double(), b.double()
+    ndim = a.shape[-1] // 2
+    lo, hi = torch.maximum(a[..., :ndim], b[..., :ndim]), torch.minimum(a[..., ndim:], b[..., ndim:])
+    inter = (hi - lo).clamp_min(0).prod(dim=-1)
+    volume_a = (a[..., ndim:] - a[..., :ndim]).clamp_min(0).prod(dim=-1)
+    volume_b = (b[..., ndim:] - b[..., :ndim]).clamp_min(0).prod(dim=-1)
     union = volume_a + volume_b - inter
-    return torch.where(union > 0, inter / union.clamp_min(1), 0.0)
+    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(union.dtype).tiny), 0.0)
 
 
-GT_BOXES = ("mask_bbox",)
+GT_BOXES = ("auto", "boxes", "mask_bbox")
+
+
+def resolve_gt_box(gt_box: str, has_boxes: bool, where: str = "box_iou") -> str:
+    """The ground truth box_iou compares with: "boxes" (the data set's annotated boxes) or "mask_bbox"
+    (the bounding box of the mask); "auto" is "boxes" where there are boxes, else "mask_bbox"."""
+    if gt_box not in GT_BOXES:
+        raise ValueError(f"{where}: gt_box must be one of {GT_BOXES}, got {gt_box!r}")
+    if gt_box == "boxes" and not has_boxes:
+        raise ValueError(f"{where}: gt_box 'boxes' needs annotated ground-truth boxes (/boxes in the dataset "
+                         f"file), but there are none; use gt_box 'auto' or 'mask_bbox'")
+    return ("boxes" if has_boxes else "mask_bbox") if gt_box == "auto" else gt_box
+
+
+def label_class_boxes(boxes: Tensor, box_image: Tensor, box_label: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The ground-truth boxes (M, 4) of each image's own label class, gathered per image: padded boxes
+    (N, B, 4) float32 and which of them are real (N, B) bool, B = the most boxes one image has (>= 1).
+    ``box_image`` (M,) is each box's row in ``labels`` (N,), ``box_label`` (M,) its class; boxes of
+    other classes are dropped (ILSVRC scores a box against the GT boxes of the image's class)."""
+    n = labels.shape[0]
+    box_image = box_image.long()
+    keep = box_label.long() == labels.long()[box_image]
+    image = box_image[keep]
+    order = torch.argsort(image, stable=True)
+    image, kept = image[order], boxes[keep][order].float()
+    counts = torch.bincount(image, minlength=n)
+    slot = torch.arange(image.shape[0], device=image.device) - (counts.cumsum(0) - counts)[image]
+    width = max(1, int(counts.max())) if n else 1
+    padded = torch.zeros(n, width, boxes.shape[-1], dtype=torch.float32, device=boxes.device)
+    valid = torch.zeros(n, width, dtype=torch.bool, device=boxes.device)
+    padded[image, slot] = kept
+    valid[image, slot] = True
+    return padded, valid
+
+
+def _box_params(params: dict, inputs: set[str]) -> dict:
+    """box_iou's parameters with gt_box resolved for a data set supplying ``inputs`` (for the tables)."""
+    return {**params, "gt_box": resolve_gt_box(params["gt_box"], "boxes" in inputs)}
 
 
 @register_metric("box_iou", bounds={"threshold": "(0, 1]", "gt_box": GT_BOXES},
-                 needs=("masks",), higher_is_better=True, family="localisation",
-                 summary="IoU of the box around the largest component of the map above 0.15 x max with the mask's box")
+                 needs=("masks",), higher_is_better=True, family="localisation", resolve_params=_box_params,
+                 summary="IoU of the box around the largest component of the map above 0.15 x max with the "
+                         "ground-truth boxes of the label class (or the mask's box)")
 def box_iou(x: MetricInputs, threshold: float = 0.15, connectivity: int | None = None,
-            gt_box: str = "mask_bbox") -> tuple[Tensor, Tensor]:
+            gt_box: str = "auto") -> tuple[Tensor, Tensor]:
     """Grad-CAM's weakly supervised localisation (papers.md §1, methods.md §3.9), as an IoU per image.
 
     The map is binarised at ``threshold`` × its maximum (0.15, our reading of the paper's 15 %; the
     CAM protocol uses 0.2), the largest connected component is kept (``connectivity`` 4 / 8 in 2D,
     6 / 18 / 26 in 3D; None = full, 8 / 26, as the OpenCV contours of the WSOL code) and its
-    bounding box is compared with the ground-truth box. ILSVRC supplies boxes; our data sets supply
-    masks, so the ground-truth box is the bounding box of the whole mask (``gt_box: mask_bbox``,
-    the only option). The paper counts an image as localised when this IoU is >= 0.5.
+    bounding box is compared with the ground truth, ``gt_box``:
 
-    A constant map (all zeros included) has no object and scores 0, where :func:`iou` lets it
-    select every pixel. Empty masks: not applicable.
+    - "boxes": the annotated boxes of the image's label class (``x.boxes`` / ``x.box_valid``, see
+      :func:`label_class_boxes`); the value is the largest IoU over them, as ILSVRC counts a box
+      that matches any ground-truth box of the class. Images without such a box: not applicable.
+    - "mask_bbox": the bounding box of the whole mask. Empty masks: not applicable.
+    - "auto" (default): "boxes" where the inputs have boxes, else "mask_bbox".
+
+    The paper counts an image as localised when this IoU is >= 0.5. A constant map (all zeros
+    included) has no object and scores 0, where :func:`iou` lets it select every pixel.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise ValueError(f"box_iou: threshold must be a fraction of the map's max in (0, 1], got {threshold!r}")
-    if gt_box not in GT_BOXES:
-        raise ValueError(f"box_iou: gt_box must be one of {GT_BOXES}, got {gt_box!r}")
-    maps, masks = _flat_masks(x, "box_iou")
+    gt_box = resolve_gt_box(gt_box, x.boxes is not None)
     ndim = _spatial_ndim(x.heatmaps, "box_iou")
     _neighbourhood_rank(connectivity, ndim, ndim, "box_iou")
+    if gt_box == "boxes":
+        x.require("box_valid", metric="box_iou")
+        n = x.heatmaps.shape[0]
+        if x.boxes.dim() != 3 or x.boxes.shape[0] != n or x.boxes.shape[2] != 2 * ndim \
+                or x.box_valid.shape != x.boxes.shape[:2]:
+            raise ValueError(f"box_iou: boxes {tuple(x.boxes.shape)} / box_valid {tuple(x.box_valid.shape)} do not "
+                             f"fit {n} maps of {ndim} axes (expected (N, B, {2 * ndim}) and (N, B))")
+    else:
+        _flat_masks(x, "box_iou")
+    maps = x.heatmaps.flatten(1)
     informative = maps.amax(dim=1) > maps.amin(dim=1)
     selected = binarise(x.heatmaps, "frac", fraction=float(threshold)) & informative.view(-1, *([1] * ndim))
     predicted = bounding_boxes(largest_component(selected, connectivity))
-    truth = bounding_boxes(x.masks.bool())
-    return box_overlap(predicted, truth).float(), masks.any(dim=1)
+    if gt_box == "mask_bbox":
+        masks = x.masks.bool()
+        return box_overlap(predicted, bounding_boxes(masks)).float(), masks.flatten(1).any(dim=1)
+    valid = x.box_valid.bool()
+    # (N, B) IoUs; the pad column keeps the max defined when no image has a box (B = 0)
+    overlaps = torch.nn.functional.pad(box_overlap(predicted[:, None, :], x.boxes).masked_fill(~valid, 0.0), (0, 1))
+    return overlaps.amax(dim=1).float(), valid.any(dim=1)
 
 
 def _surfaces(binary: Tensor, rank: int) -> Tensor:

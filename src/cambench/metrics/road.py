@@ -403,6 +403,9 @@ def _road_metric(name: str, orders: tuple[str, ...], higher_is_better: bool, sum
                                    "volume_mode": VOLUME_MODES, "score": SCORES, "tol": "(0, inf)",
                                    "max_iter": "int [0, inf)"},
                      needs=("model",), higher_is_better=higher_is_better, family="faithfulness",
+                     # both orders at every percentile, shared by the three variants (cambench.plan)
+                     cost=lambda p, layer: {"forward": len(ORDERS) * len(p["percentiles"]),
+                                            "once": ("road", repr(sorted(p.items())))},
                      summary=summary)
     def metric(x: MetricInputs, percentiles: list = ROAD_PERCENTILES, noise: float = 0.01, seed: int = 0,
                tie_noise: float = 1e-4, volume_mode: str = "slicewise", score: str = "prob",

@@ -240,6 +240,9 @@ def combine_robustness(values: np.ndarray, unchanged: np.ndarray) -> float:
 
 @register_metric("max_sensitivity", bounds={"radius": "(0, inf)", "samples": "int [1, inf)"},
                  needs=("model", "method"), higher_is_better=False, family="robustness",
+                 # one engine pass of every method of the table per draw (cambench.plan)
+                 cost=lambda p, layer: {"explain": p["samples"], "per": "table",
+                                        "once": ("max_sensitivity", repr(sorted(p.items())))},
                  summary="largest relative change of the heatmap under uniform input noise of a small radius")
 def max_sensitivity(x: MetricInputs, radius: float = 0.02, samples: int = 10, normalise: bool = True,
                     seed: int = 0) -> Tensor:

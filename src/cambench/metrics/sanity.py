@@ -91,6 +91,8 @@ def randomised_copy(model: nn.Module, layers: list[str], seed: int) -> nn.Module
 @register_metric("mprt", bounds={"depth": "int [0, inf)", "scope": SCOPES, "similarity": tuple(SIMILARITIES),
                          "top_percent": "(0, 100]"},
                  needs=("model", "method"), higher_is_better=False, family="sanity",
+                 # one engine pass of every method of the table on the randomised copy (cambench.plan)
+                 cost=lambda p, layer: {"explain": 1, "per": "table", "once": ("mprt", repr(sorted(p.items())))},
                  summary="similarity of the heatmap to the one of a cascade-randomised model (lower = passes the sanity check)")
 def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = "spearman_abs",
          top_percent: float = 20.0, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -60,28 +60,28 @@ def _torchvision(arch: str, n_classes: int, in_channels: int, mean: list[float] 
     return model
 
 
-@ARCHITECTURES.register("resnet18", dims=2, default_target_layer="net.layer4",
+@ARCHITECTURES.register("resnet18", dims=2, imagenet_normalisation=True, default_target_layer="net.layer4",
                         summary="torchvision ResNet-18 (weights=None) behind Normalize; GAP + linear head net.fc")
 def resnet18(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
              std: list[float] | None = None) -> nn.Module:
     return _torchvision("resnet18", n_classes, in_channels, mean, std)
 
 
-@ARCHITECTURES.register("resnet50", dims=2, default_target_layer="net.layer4",
+@ARCHITECTURES.register("resnet50", dims=2, imagenet_normalisation=True, default_target_layer="net.layer4",
                         summary="torchvision ResNet-50 (weights=None) behind Normalize; GAP + linear head net.fc")
 def resnet50(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
              std: list[float] | None = None) -> nn.Module:
     return _torchvision("resnet50", n_classes, in_channels, mean, std)
 
 
-@ARCHITECTURES.register("vgg16", dims=2, default_target_layer=VGG_TARGET["vgg16"],
+@ARCHITECTURES.register("vgg16", dims=2, imagenet_normalisation=True, default_target_layer=VGG_TARGET["vgg16"],
                         summary="torchvision VGG-16 (weights=None) behind Normalize; target: last conv ReLU")
 def vgg16(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
           std: list[float] | None = None) -> nn.Module:
     return _torchvision("vgg16", n_classes, in_channels, mean, std)  # head is an MLP: no CAM
 
 
-@ARCHITECTURES.register("vgg19", dims=2, default_target_layer=VGG_TARGET["vgg19"],
+@ARCHITECTURES.register("vgg19", dims=2, imagenet_normalisation=True, default_target_layer=VGG_TARGET["vgg19"],
                         summary="torchvision VGG-19 (weights=None) behind Normalize; target: last conv ReLU")
 def vgg19(n_classes: int, in_channels: int = 3, mean: list[float] | None = None,
           std: list[float] | None = None) -> nn.Module:
