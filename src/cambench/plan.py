@@ -338,11 +338,9 @@ def _first_image_shape(files: list[Path], channels: int) -> tuple[int, ...] | No
 
 
 def _class_count(ds: dict, workdir: Path) -> int | None:
+    from .data import read_class_mapping
     classes = ds.get("classes") or []
-    if isinstance(classes, list):
-        return len(classes) or None
-    lines = [ln for ln in (workdir / classes).read_text().splitlines() if ln.strip()]
-    return len(lines)
+    return len(read_class_mapping(classes if isinstance(classes, list) else workdir / classes)) or None
 
 
 def _real_info(name: str, ds: dict, split: str, workdir: Path) -> DataInfo:
@@ -367,13 +365,9 @@ def _resized(shape: tuple[int, ...] | None, ds: dict) -> tuple[int, ...] | None:
     """The item shape after ``resize`` (shorter side) and ``crop`` (centre, square), 2D only."""
     if shape is None or len(shape) != 3:
         return shape
+    from .data.preprocess import geometry
     c, h, w = shape
-    if ds.get("resize"):
-        r = ds["resize"]
-        h, w = (r, max(1, round(w * r / h))) if h <= w else (max(1, round(h * r / w)), r)
-    if ds.get("crop"):
-        h = w = ds["crop"]
-    return (c, h, w)
+    return (c, *geometry(h, w, ds.get("resize", 0), ds.get("crop", 0)).size)
 
 
 def dataset_info(name: str, ds: dict, split: str, seed: int, workdir: Path,

@@ -192,15 +192,20 @@ def assign_splits(groups: list[str], labels: np.ndarray, test_fraction: float, s
     return ["test" if g in test_groups else "train" for g in groups]
 
 
-def load_image(path: Path, mode: str) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 of one image file; a DataError names a file that does not decode."""
+def decode_image(path: Path, mode: str) -> Image.Image:
+    """One image file decoded and converted to ``mode``; a DataError names a file that does not decode."""
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert(mode))
+            return im.convert(mode)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: cannot decode image ({err}) (expected a complete image file that PIL reads, "
                         f"e.g. PNG or JPEG)") from None
+
+
+def load_image(path: Path, mode: str) -> np.ndarray:
+    """(H, W) or (H, W, C) uint8 of one image file."""
+    return np.asarray(decode_image(path, mode))
 
 
 def to_chw(arr: np.ndarray) -> np.ndarray:
@@ -213,16 +218,9 @@ def read_image_files(paths: list[Path], mode: str, resize: int = 0, crop: int = 
     Without resize and crop every image must have the size of the first."""
     images, sizes = None, np.zeros((len(paths), 2), np.int64)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as im:
-                im.load()
-                im = im.convert(mode)
-                sizes[i] = im.height, im.width
-                arr = np.asarray(transform_pil(im, geometry(im.height, im.width, resize, crop)))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"{path}: cannot decode image ({err}) (expected a complete image file that PIL reads, "
-                            f"e.g. PNG or JPEG)") from None
-        chw = to_chw(arr)
+        im = decode_image(path, mode)
+        sizes[i] = im.height, im.width
+        chw = to_chw(np.asarray(transform_pil(im, geometry(im.height, im.width, resize, crop))))
         if images is None:
             images = np.empty((len(paths),) + chw.shape, np.uint8)
         elif chw.shape != images.shape[1:]:
