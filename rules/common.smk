@@ -50,6 +50,11 @@ localrules:
     join_metrics,
 
 
+# The reduce rules (aggregate_metrics, statistics) read the metric table block by block in this many
+# worker processes; each holds one block (images x methods of one metric at one level) at a time.
+REDUCE_THREADS = max(1, min(4, workflow.cores))
+
+
 # GPU rules ask for one GPU each (locally `--resources gpu=N` runs N at a time; on SLURM the
 # plugin requests it) when the config's device is CUDA, or 'auto' where CUDA is visible. Otherwise
 # none: Snakemake would run such jobs one at a time, and a CPU-only partition could not take them.
@@ -217,11 +222,30 @@ def heatmap_files(dataset, model):
 
 
 def metric_files():
+    """The partitions of the run's metric table (cambench.tables)."""
     return [
-        f"results/{d}/{m}/metrics/{kind}~{level_label(level)}.parquet"
+        f"results/metrics/{d}/{m}/{kind}~{level_label(level)}.parquet"
         for d, m in model_pairs()
         for kind, level in SWEEP
     ]
+
+
+def metrics_csv_wanted():
+    """metrics.csv: 'always', 'never', or 'auto': when the cost plan's bound on the table's rows is at most
+    metrics.csv_max_rows (a data set whose size the plan cannot tell counts as large). Decided once."""
+    if "wanted" not in _METRICS_CSV:
+        choice = config["metrics"]["csv"]
+        if choice == "auto":
+            from cambench.plan import metric_row_bound
+
+            rows = metric_row_bound(config, Path("."))
+            _METRICS_CSV["wanted"] = rows is not None and rows <= config["metrics"]["csv_max_rows"]
+        else:
+            _METRICS_CSV["wanted"] = choice == "always"
+    return _METRICS_CSV["wanted"]
+
+
+_METRICS_CSV = {}
 
 
 def gallery_files():
@@ -280,7 +304,7 @@ def provenance_inputs():
 def all_outputs():
     return [
         *PROVENANCE_OUTPUTS,
-        "results/metrics.parquet",
+        *(["results/metrics.csv"] if metrics_csv_wanted() else []),
         "results/tables/metric_summary.csv",
         "results/tables/friedman.csv",
         "results/tables/posthoc.csv",

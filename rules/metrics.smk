@@ -1,5 +1,6 @@
-# Metrics: one tidy table per (perturbation, level, shard), joined per level, then one table for
-# the whole run.
+# Metrics: one tidy table per (perturbation, level, shard), joined per level into one partition of the
+# run's metric table (results/metrics/<dataset>/<model>/<kind>~<level>.parquet; cambench.tables), which
+# the reduce rules read block by block.
 
 
 rule metrics:
@@ -39,7 +40,7 @@ rule join_metrics:
     input:
         metric_shards,
     output:
-        "results/{dataset}/{model}/metrics/{perturbation}~{level}.parquet",
+        "results/metrics/{dataset}/{model}/{perturbation}~{level}.parquet",
     params:
         metric_order=list(config["metrics"]["compute"]),
     log:
@@ -55,12 +56,13 @@ rule aggregate_metrics:
     input:
         metric_files(),
     output:
-        parquet="results/metrics.parquet",
-        csv="results/metrics.csv",  # not embedded in the report: ~100k rows would make it tens of MB
         summary="results/tables/metric_summary.csv",  # in the report as a zip (rule report_tables)
+        boxes="results/metric_distributions.parquet",  # box statistics for the distribution figures
     params:
         bootstrap=config["stats"]["bootstrap"],
+        bootstrap_max_n=config["stats"]["bootstrap_max_n"],
         seed=config["seed"],
+    threads: REDUCE_THREADS
     log:
         "results/logs/aggregate_metrics.log",
     benchmark:
@@ -69,3 +71,18 @@ rule aggregate_metrics:
         "../envs/cambench.yaml"
     script:
         "../scripts/aggregate_metrics.py"
+
+
+# The whole table as one CSV: in the default targets only when it is small (metrics.csv), else on request:
+#   snakemake --cores all results/metrics.csv
+rule metrics_csv:
+    input:
+        metric_files(),
+    output:
+        "results/metrics.csv",
+    log:
+        "results/logs/metrics_csv.log",
+    conda:
+        "../envs/cambench.yaml"
+    script:
+        "../scripts/metrics_csv.py"

@@ -6,7 +6,7 @@
 rule paper_tables:
     input:
         summary="results/tables/metric_summary.csv",
-        metrics="results/metrics.parquet",
+        metrics=metric_files(),
         friedman="results/tables/friedman.csv",
         posthoc="results/tables/posthoc.csv",
         kruskal="results/tables/kruskal.csv",

@@ -122,7 +122,7 @@ rule gallery:
 
 rule metric_distributions:
     input:
-        "results/metrics.parquet",
+        "results/metric_distributions.parquet",
     output:
         report(
             "results/figures/distributions_{family}.png",

@@ -6,7 +6,7 @@
 
 rule statistics:
     input:
-        "results/metrics.parquet",
+        metric_files(),
     output:
         # embedded in the report zipped, within report.budget_mb (rule report_tables)
         friedman="results/tables/friedman.csv",
@@ -16,6 +16,9 @@ rule statistics:
     params:
         alpha=config["stats"]["alpha"],
         mixed_model_metrics=config["stats"]["mixed_model_metrics"],
+        mixed_model_max_images=config["stats"]["mixed_model_max_images"],
+        seed=config["seed"],
+    threads: REDUCE_THREADS
     log:
         "results/logs/statistics.log",
     benchmark:

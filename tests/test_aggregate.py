@@ -15,7 +15,7 @@ from scipy import stats
 
 import cambench
 from cambench.metrics import evaluate_applies
-from cambench.pipeline import aggregate_metrics, bootstrap_mean_ci, bootstrap_robustness_ci
+from cambench.aggregate import aggregate_metrics, bootstrap_mean_ci, bootstrap_robustness_ci
 from conftest import GapNet
 
 B = 20000  # resamples where a CI is compared with scipy's: Monte-Carlo error ~1 % of the CI width
@@ -108,8 +108,8 @@ def unbalanced_table(seed=9) -> pd.DataFrame:
 def test_aggregate_metrics_on_unbalanced_classes_against_a_pandas_groupby(tmp_path):
     table = unbalanced_table()
     table.to_parquet(tmp_path / "part.parquet", index=False)
-    summary = aggregate_metrics([tmp_path / "part.parquet"], tmp_path / "all.parquet", tmp_path / "all.csv",
-                                tmp_path / "summary.csv", n_boot=2000, seed=0)
+    summary = aggregate_metrics([tmp_path / "part.parquet"], tmp_path / "summary.csv", tmp_path / "boxes.parquet",
+                                n_boot=2000, seed=0)
     keys = ["dataset", "model", "method", "perturbation", "level", "metric"]
     summary = summary.set_index(keys)
     plain = table.groupby(keys)["value"].mean()
@@ -162,8 +162,8 @@ def test_the_reported_noise_robustness_is_the_harmonic_mean_of_consistency_and_r
             "value": values.numpy()[keep].astype(float), "score": "", "params": json.dumps(params),
             "map_flags": np.zeros(int(keep.sum()), np.uint8)}))
     pd.concat(frames).to_parquet(tmp_path / "part.parquet", index=False)
-    summary = aggregate_metrics([tmp_path / "part.parquet"], tmp_path / "all.parquet", tmp_path / "all.csv",
-                                tmp_path / "summary.csv", n_boot=200, seed=0).set_index("metric")
+    summary = aggregate_metrics([tmp_path / "part.parquet"], tmp_path / "summary.csv", tmp_path / "boxes.parquet",
+                                n_boot=200, seed=0).set_index("metric")
     c, r = summary.loc["consistency", "mean"], summary.loc["responsiveness", "mean"]
     assert c > 0 and r > 0 and summary.loc["noise_robustness", "aggregate"] == "harmonic"
     assert summary.loc["noise_robustness", "mean"] == pytest.approx(2 * c * r / (c + r), rel=1e-9)

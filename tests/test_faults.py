@@ -18,8 +18,8 @@ from workflow_helpers import array_digest, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 HEATMAPS = "results/tiny/tiny_cnn/heatmaps"
-# Through every heatmap and metric job and the joins; the figures add nothing here.
-TARGETS = ["results/metrics.parquet", f"{HEATMAPS}/none~0.h5", f"{HEATMAPS}/gaussian~0.3.h5"]
+# Through every heatmap and metric job, the joins and the summary; the figures add nothing here.
+TARGETS = ["results/tables/metric_summary.csv", f"{HEATMAPS}/none~0.h5", f"{HEATMAPS}/gaussian~0.3.h5"]
 FAULT = {
     "seed": 2,
     "device": "cpu",
@@ -159,6 +159,6 @@ def test_a_second_run_sharded_on_two_cores_has_identical_array_data(reference, t
     model = "results/tiny/tiny_cnn/model.pt"
     assert file_digest(work / model) == file_digest(reference / model)
     compared = ["results/tiny/dataset.h5", *TARGETS,
-                *[f"results/tiny/tiny_cnn/metrics/{level}.parquet" for level in ("none~0", "gaussian~0.3")]]
+                *[f"results/metrics/tiny/tiny_cnn/{level}.parquet" for level in ("none~0", "gaussian~0.3")]]
     for path in compared:
         assert array_digest(work / path) == array_digest(reference / path), path

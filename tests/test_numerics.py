@@ -15,7 +15,8 @@ from cambench.data import generate_shapes, prepare
 from cambench.engine import FLAG_CONSTANT, FLAG_NONFINITE, postprocess
 from cambench.metrics import metrics as registered_metrics
 from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import aggregate_metrics, compute_heatmaps, compute_metrics, metric_params
+from cambench.aggregate import aggregate_metrics
+from cambench.pipeline import compute_heatmaps, compute_metrics, metric_params
 from cambench.store import HeatmapWriter, read_heatmaps
 from workflow_helpers import ROOT
 
@@ -131,8 +132,7 @@ def test_degenerate_maps_are_flagged_in_the_files_and_tables(runs, dataset):
     metrics = pd.read_parquet(table)
     assert metrics["map_flags"].dtype == np.uint8
     assert (metrics.loc[metrics.method == "gradcam", "map_flags"] & FLAG_CONSTANT).all()
-    summary = aggregate_metrics([table], dataset / "all.parquet", dataset / "all.csv", dataset / "summary.csv",
-                                n_boot=50, seed=0)
+    summary = aggregate_metrics([table], dataset / "summary.csv", dataset / "boxes.parquet", n_boot=50, seed=0)
     row = summary[(summary.method == "gradcam") & (summary.metric == "sparseness")].iloc[0]
     assert row["n_degenerate"] == row["n"] > 0
 

@@ -2,16 +2,20 @@
 draws (captured from the plotting calls), rank orientation, clear errors, no partial files."""
 import json
 
+import matplotlib.axes
+import matplotlib.colors
 import matplotlib.figure
 import numpy as np
 import pandas as pd
 import pytest
 import scikit_posthocs as sp
+import seaborn as sns
+from matplotlib.cbook import boxplot_stats
 from PIL import Image
 from scipy import stats
 
 from cambench import plots
-from cambench.pipeline import aggregate_metrics
+from cambench.aggregate import summary_table
 from cambench.stats import STATS_COLUMNS, friedman_table
 
 METHODS = ["good", "mid", "bad", "noisy"]
@@ -68,9 +72,9 @@ def _nemenyi_rows(tidy: pd.DataFrame, friedman: pd.DataFrame) -> pd.DataFrame:
 def tables(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
     tidy = _tidy()
-    tidy.to_parquet(root / "part.parquet", index=False)
-    aggregate_metrics([root / "part.parquet"], root / "metrics.parquet", root / "metrics.csv",
-                      root / "metric_summary.csv", n_boot=50, seed=0)
+    summary, boxes = summary_table(tidy, n_boot=50, seed=0)
+    summary.to_csv(root / "metric_summary.csv", index=False)
+    boxes.to_parquet(root / "box_stats.parquet", index=False)
     friedman = friedman_table(tidy)
     friedman.to_csv(root / "friedman.csv", index=False)
     _nemenyi_rows(tidy, friedman).to_csv(root / "posthoc.csv", index=False)
@@ -307,7 +311,7 @@ def test_consistency_responsiveness_plane(tables, tmp_path, captured):
 def test_metric_distributions_one_panel_per_family_metric(tables, tmp_path, captured):
     root, _ = tables
     out = tmp_path / "distributions_faithfulness.png"
-    plots.metric_distributions(root / "metrics.parquet", out, "faithfulness")
+    plots.metric_distributions(root / "box_stats.parquet", out, "faithfulness")
     _assert_png(out)
     visible = [ax for ax in captured[0].axes if ax.get_visible()]
     assert sorted(ax.get_title().split(" ")[0] for ax in visible) == ["ablation_area", "deletion_auc", "insertion_auc"]
@@ -315,10 +319,59 @@ def test_metric_distributions_one_panel_per_family_metric(tables, tmp_path, capt
     legend = captured[0].legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["clean", "gaussian 0.1", "gaussian 0.2", "pgd 2"]
     # a family with no rows in the table (here: axioms) still gets a figure that says so
-    plots.metric_distributions(root / "metrics.parquet", tmp_path / "distributions_axioms.png", "axioms")
+    plots.metric_distributions(root / "box_stats.parquet", tmp_path / "distributions_axioms.png", "axioms")
     _assert_png(tmp_path / "distributions_axioms.png")
     with pytest.raises(ValueError, match="family must be one of"):
-        plots.metric_distributions(root / "metrics.parquet", tmp_path / "d.png", "faithful")
+        plots.metric_distributions(root / "box_stats.parquet", tmp_path / "d.png", "faithful")
+
+
+def test_metric_distributions_draw_the_box_statistics_of_the_per_image_values(tables, tmp_path, captured,
+                                                                              monkeypatch):
+    """Oracle: every box of a panel (method row, condition dodged within it, condition colour) has
+    matplotlib's boxplot_stats of that method's per-image values at that condition."""
+    root, tidy = tables
+    drawn = []   # (axes, artists) of each Axes.bxp call
+    bxp = matplotlib.axes.Axes.bxp
+
+    def record(ax, *args, **kwargs):
+        artists = bxp(ax, *args, **kwargs)
+        drawn.append((ax, artists))
+        return artists
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bxp", record)
+    plots.metric_distributions(root / "box_stats.parquet", tmp_path / "d.png", "faithfulness")
+    legend = {t.get_text(): h.get_facecolor() for t, h in zip(captured[0].legends[0].get_texts(),
+                                                              captured[0].legends[0].legend_handles)}
+    conditions = ["clean", "gaussian 0.1", "gaussian 0.2", "pgd 2"]
+    # four conditions share a row's 0.8: boxes 0.2 wide, centred at -0.3, -0.1, 0.1, 0.3 from the row
+    offsets = dict(zip([-0.3, -0.1, 0.1, 0.3], conditions))
+    boxes = {}
+    for ax, artists in drawn:
+        if not ax.get_title().startswith("deletion_auc"):
+            continue
+        for i, box in enumerate(artists["boxes"]):
+            corners = box.get_path().vertices
+            centre = (corners[:, 1].min() + corners[:, 1].max()) / 2
+            row = round(centre)
+            assert np.ptp(corners[:, 1]) == pytest.approx(0.2)
+            method, condition = sorted(METHODS)[row], offsets[round(centre - row, 6)]
+            assert (method, condition) not in boxes
+            assert matplotlib.colors.to_rgb(box.get_facecolor()) == \
+                pytest.approx(sns.desaturate(legend[condition], 0.75))   # seaborn's box colour of the legend's
+            (q1, whislo), (q3, whishi) = (line.get_xdata() for line in artists["whiskers"][2 * i:2 * i + 2])
+            assert (q1, q3) == (corners[:, 0].min(), corners[:, 0].max())   # whiskers start at the box's edges
+            boxes[method, condition] = dict(q1=q1, q3=q3, med=artists["medians"][i].get_xdata()[0], whislo=whislo,
+                                            whishi=whishi, mean=artists["means"][i].get_xdata()[0],
+                                            fliers=sorted(artists["fliers"][i].get_xdata()))
+    assert sorted(boxes) == sorted((m, c) for m in METHODS for c in conditions)
+    raw = tidy[tidy.metric == "deletion_auc"]
+    for (method, kind, level), group in raw.groupby(["method", "perturbation", "level"]):
+        expected = boxplot_stats(group["value"].to_numpy(), whis=1.5)[0]
+        got = boxes[method, plots._condition(kind, level)]
+        for stat in ("q1", "med", "q3", "whislo", "whishi", "mean"):
+            assert got[stat] == pytest.approx(expected[stat], rel=1e-12), (method, kind, level, stat)
+        assert got["fliers"] == pytest.approx(sorted(expected["fliers"]), rel=1e-12)
+    assert any(len(b["fliers"]) for b in boxes.values())   # the data has outliers, so they are checked too
 
 
 # -- atomic writes --------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ import json
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from cambench.engine import CamResult
 from cambench.pipeline import join_metric_tables
 from cambench.store import HeatmapWriter, join_heatmaps, read_heatmaps
+from cambench.tables import partitions, read_block
 
 N, METHODS = 7, {"a": {}, "b": {"x": 1}}
 
@@ -73,17 +75,32 @@ def test_shards_that_do_not_tile_the_split_are_refused(files):
     assert not (files / "bad.h5").exists()
 
 
-def test_metric_tables_join_in_the_unsharded_order(tmp_path):
-    rows = [dict(method=m, metric=k, image_id=f"i{i}", value=float(i)) for m in ("a", "b") for k in ("z", "y")
-            for i in range(5)]
+def test_metric_tables_join_into_one_partition_metric_by_metric(tmp_path):
+    rows = [dict(dataset="d", model="m", perturbation="gaussian", level=0.1, method=m, metric=k, image_id=f"i{i}",
+                 value=float(i)) for m in ("b", "a") for k in ("y", "z") for i in range(5)]
     whole = pd.DataFrame(rows)
     parts = [whole[whole.image_id.isin(ids)] for ids in (["i0", "i1"], ["i2", "i3"], ["i4"])]
     # shard 0 lacks metric 'z' for method 'b' (a metric that applies to none of its images)
     parts[0] = parts[0][~((parts[0].method == "b") & (parts[0].metric == "z"))]
-    expected = whole.drop(whole[(whole.method == "b") & (whole.metric == "z") & whole.image_id.isin(["i0", "i1"])].index)
+    kept = whole.drop(whole[(whole.method == "b") & (whole.metric == "z") & whole.image_id.isin(["i0", "i1"])].index)
+    # metric in the config's order (z before y), then method, then image in split order
+    expected = pd.concat([kept[(kept.metric == k) & (kept.method == m)] for k in ("z", "y") for m in ("a", "b")])
     paths = []
     for k, part in enumerate(parts):
         paths.append(tmp_path / f"{k}.parquet")
         part.to_parquet(paths[-1], index=False)
     joined = join_metric_tables(paths, tmp_path / "j.parquet", metric_order=["z", "y"])
     assert joined.reset_index(drop=True).equals(expected.reset_index(drop=True))
+    assert pd.read_parquet(tmp_path / "j.parquet").equals(joined)
+    # one row group per metric, and the partition's key in the footer: a reader takes one metric at a time
+    file = pq.ParquetFile(tmp_path / "j.parquet")
+    assert [file.read_row_group(i).column("metric").unique().to_pylist() for i in range(file.num_row_groups)] == [
+        ["z"], ["y"]]
+    (part,) = partitions([tmp_path / "j.parquet"])
+    assert part.key == ("d", "m", "gaussian", 0.1) and part.metrics == ("z", "y") and not part.shared
+    assert read_block(part, "y").equals(expected[expected.metric == "y"].reset_index(drop=True))
+    # a shard of another level in the list is refused, and nothing is written
+    whole.assign(level=0.2).to_parquet(tmp_path / "other.parquet", index=False)
+    with pytest.raises(ValueError, match=r"one value of each .*'level': \[0.1, 0.2\]"):
+        join_metric_tables([paths[0], tmp_path / "other.parquet"], tmp_path / "bad.parquet", ["z", "y"])
+    assert not (tmp_path / "bad.parquet").exists()

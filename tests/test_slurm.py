@@ -16,7 +16,7 @@ from slurm_cluster import install_slurm, marked_processes, missing_binaries, nod
 from workflow_helpers import ROOT, array_digest, copy_workflow, snakemake
 
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-TARGET = "results/metrics.parquet"  # every job class on the way: data, training, heatmaps, metrics, aggregation
+TARGET = "results/tables/metric_summary.csv"  # every job class on the way: data, training, heatmaps, metrics, aggregation
 TINY = {  # tests/test_faults.py's FAULT config, smaller and without perturbations: 6 jobs
     "seed": 2,
     "device": "cpu",
@@ -72,9 +72,10 @@ def test_profile_gives_every_rule_a_class_and_forces_no_gpu():
     cpu_partition = p["default-resources"]["slurm_partition"]
     gpu_partition = {p["set-resources"][r].get("slurm_partition") for r in gpu}
     assert len(gpu_partition) == 1 and None not in gpu_partition and gpu_partition != {cpu_partition}
+    reduce = {"aggregate_metrics", "statistics"}   # a pool of worker processes, one block each
     for rule in rules - gpu:
         assert "slurm_partition" not in p["set-resources"][rule], rule  # the CPU partition, by default
-        assert p["set-threads"][rule] == 1, rule
+        assert p["set-threads"][rule] == (8 if rule in reduce else 1), rule
     for resources in [p["default-resources"], *p["set-resources"].values()]:
         assert not {"gpu", "gres", "gpu_model", "cpus_per_gpu"} & set(resources)  # rules ask for GPUs themselves
         assert {"runtime", "mem_mb"} <= set(resources) | set(p["default-resources"])

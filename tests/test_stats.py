@@ -8,7 +8,7 @@ import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
-from cambench.pipeline import bootstrap_mean_ci
+from cambench.aggregate import bootstrap_mean_ci
 from cambench.stats import (STATS_COLUMNS, cliffs_delta, friedman, friedman_table, kruskal_table, mixed_model_table,
                             paired_wilcoxon, posthoc_table, rank_biserial, run_statistics)
 

@@ -14,7 +14,8 @@ from cambench.data import generate_shapes, prepare, read_dataset
 from cambench.engine import CamResult
 from cambench.metrics.localisation import bounding_boxes
 from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import aggregate_metrics, compute_heatmaps, compute_metrics, metric_params
+from cambench.aggregate import aggregate_metrics
+from cambench.pipeline import compute_heatmaps, compute_metrics, metric_params
 from cambench.store import HeatmapWriter, join_heatmaps, label_ranks, read_heatmaps
 
 
@@ -134,8 +135,8 @@ def test_metric_table_records_label_rank_and_the_resolved_ground_truth(work):
     # an old table (no label_rank column) aggregates beside a new one
     old = work / "old.parquet"
     pd.read_parquet(work / "plain.parquet").drop(columns="label_rank").to_parquet(old)
-    summary = aggregate_metrics([old, work / "boxed.parquet"], work / "all.parquet", work / "all.csv",
-                                work / "summary.csv", n_boot=20, seed=0)
+    summary = aggregate_metrics([old, work / "boxed.parquet"], work / "summary.csv", work / "boxes.parquet", n_boot=20,
+                                seed=0)
     assert sorted(summary["dataset"].unique()) == ["boxed", "plain"] and len(summary) == 4
 
 
@@ -144,3 +145,17 @@ def test_gt_box_boxes_without_boxes_fails_before_any_model_work(work):
     # a missing model file would be the error if the check came after loading the model
     with pytest.raises(ValueError, match=r"(?s)shapes\.h5.*'plain'.*gt_box 'boxes' needs annotated"):
         _metrics(work, "shapes.h5", "plain", metrics=metrics, model="missing.pt")
+
+
+@pytest.mark.parametrize("k, k_grid", [(50.0, None), ("adaptive", [25.0, 75.0])])
+def test_metacam_ensembles_run_on_a_model_with_and_without_a_k_grid(work, k, k_grid):
+    """The rule's call (scripts/metacam_ensembles.py passes k_grid): every subset of the components and
+    each component's CRE, on a real model and data set file."""
+    from cambench.papers import metacam_ensembles
+    out = metacam_ensembles(work / "shapes.h5", work / "m.pt", work / f"ens_{k}.csv", components=["gradcam", "layercam"],
+                            component_params={}, k=k, k_grid=k_grid, consensus="gated_mean", metric_params={},
+                            split="test", dataset="shapes", model="m", target_layer="features.block4", images=6,
+                            batch_size=3, memory_mb=64, seed=0, device="cpu")
+    assert list(out.subset[out.kind == "subset"]) == ["gradcam", "layercam", "gradcam+layercam"]
+    assert set(out.subset[out.kind == "cre"]) == {"gradcam", "layercam"}
+    assert np.isfinite(out.value).all() and (work / f"ens_{k}.csv").is_file()

@@ -13,7 +13,7 @@ from cambench.metrics import METRICS, metrics
 from cambench.store import read_heatmaps
 
 from browser import assert_verdict_first, chromium_page
-from workflow_helpers import ROOT, copy_workflow, snakemake
+from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 pytestmark = pytest.mark.workflow
 ALL_METRICS = metrics()
@@ -80,7 +80,7 @@ def test_sycam_search_feeds_the_heatmap_jobs(workdir):
 
 
 def test_outputs_exist(workdir):
-    for rel in ["results/metrics.parquet", "results/metrics.csv", "results/tables/metric_summary.csv",
+    for rel in ["results/metrics.csv", "results/tables/metric_summary.csv",
                 "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/distributions_faithfulness.png",
                 "results/figures/rank_heatmap.png", "results/figures/critical_difference_tiny_cnn.png",
                 "results/figures/robustness_curves_byo_cnn.png", "results/figures/consistency_responsiveness.png",
@@ -88,8 +88,12 @@ def test_outputs_exist(workdir):
         assert (workdir / rel).stat().st_size > 0, rel
 
 
+def test_the_reduce_rules_give_the_numbers_of_the_whole_table(workdir):
+    assert_reduce_equals_whole_table(workdir, run_config(workdir, "tiny.yaml"))
+
+
 def test_metric_table_is_tidy_complete_and_finite(workdir):
-    t = pd.read_parquet(workdir / "results/metrics.parquet")
+    t = pd.read_parquet(workdir / "results/metrics")
     assert list(t.columns) == ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
                                "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
     assert np.isfinite(t["value"]).all()
@@ -127,7 +131,7 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
 def test_identical_maps_get_identical_metric_values(workdir):
     """Behind tiny_cnn's GAP + linear head Grad-CAM and XGrad-CAM give the same maps (methods.md §6.1),
     so every map-driven metric must agree per image (a cache keyed by id() once broke this for ROAD)."""
-    table = pd.read_parquet(workdir / "results/metrics.parquet")
+    table = pd.read_parquet(workdir / "results/metrics")
     table = table[(table.model == "tiny_cnn") & table.metric.isin(
         ["road_morf", "road_lerf", "road_combined", "deletion_auc", "insertion_auc", "average_drop"])]
     wide = table.pivot_table(index=["perturbation", "level", "metric", "image_id"], columns="method", values="value")

@@ -13,7 +13,7 @@ import yaml
 from cambench.data import generate_standin
 from cambench.store import read_heatmaps
 
-from workflow_helpers import ROOT, copy_workflow, snakemake
+from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 DOMAINS = yaml.safe_load((ROOT / "config" / "domains.yaml").read_text())
 
@@ -70,7 +70,7 @@ def domains(tmp_path_factory):
 
 def test_every_domain_runs_through_heatmaps_and_metrics(domains):
     work, cfg = domains
-    table = pd.read_parquet(work / "results/metrics.parquet")
+    table = pd.read_parquet(work / "results/metrics")
     assert set(table.model) == set(cfg["models"])
     assert np.isfinite(table.value).all()
     for model, spec in cfg["models"].items():
@@ -98,9 +98,14 @@ def test_ct_heatmaps_are_volumes(domains):
                                                                                    else "dicom_ct")
 
 
+def test_the_reduce_rules_give_the_numbers_of_the_whole_table(domains):
+    work, _ = domains
+    assert_reduce_equals_whole_table(work, run_config(work, "small.yaml"))
+
+
 def test_localisation_ground_truth_reaches_the_metrics(domains):
     work, _ = domains
-    table = pd.read_parquet(work / "results/metrics.parquet")
+    table = pd.read_parquet(work / "results/metrics")
     pointing = table[table.metric == "pointing_game"]
     # Stand-ins with object masks on their evaluation images yield pointing-game rows.
     assert {"brats_ame", "shapes_cnn", "cifar_cnn"} <= set(pointing.model)
@@ -137,7 +142,7 @@ def test_a_real_layout_root_runs_with_no_code_change(tmp_path):
     with h5py.File(tmp_path / "results/mri/dataset.h5") as f:
         assert f["images"].shape[1] == 2  # two modalities = two channels
         assert f.attrs["source_root"] == "BraTS2021_Training_Data"
-    table = pd.read_parquet(tmp_path / "results/metrics.parquet")
+    table = pd.read_parquet(tmp_path / "results/metrics")
     assert {"deletion_auc", "pointing_game"} <= set(table.metric)
 
     # Break the layout: the run stops before any job, naming the missing file and the layout.

@@ -112,7 +112,7 @@ def test_heatmaps_equal_cambench_explain_on_the_same_preprocessed_images(imagene
 
 def test_box_localisation_uses_the_annotated_boxes_and_fills_the_paper_rows(imagenet_run):
     work, _ = imagenet_run
-    table = pd.read_parquet(work / "results/metrics.parquet")
+    table = pd.read_parquet(work / "results/metrics")
     boxes = table[table.metric == "box_iou"]
     assert set(boxes.model) == {f"r18_{n}" for n in LAYOUTS}
     assert all(json.loads(p)["gt_box"] == "boxes" for p in boxes.params.unique())

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .pipeline import bootstrap_mean_ci
+from .aggregate import bootstrap_mean_ci
+from .tables import METRIC_COLUMNS, partitions, read_block
 from .utils import atomic_path
 
 PAPER_COLUMNS = ["paper", "source", "tag", "dataset", "model", "method", "perturbation", "level", "quantity",
@@ -272,10 +273,12 @@ def _finer_pairs(methods_config: dict[str, dict]) -> tuple[tuple[str, ...], set]
 
 def paper_table(key: str, *, summary: pd.DataFrame, table: pd.DataFrame, stats_tables: dict[str, pd.DataFrame],
                 models: list[str], methods_config: dict[str, dict], ensembles: dict[str, pd.DataFrame] | None = None,
-                n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The tidy table of one paper (see the module docstring)."""
+                n_boot: int = 2000, seed: int = 0, present: set | None = None) -> pd.DataFrame:
+    """The tidy table of one paper (see the module docstring). ``table`` needs the clean rows only;
+    ``present``: the metrics the models' tables hold at any level (default: those in ``table``)."""
     paper = PAPERS[key]
-    present = set(table.loc[table["model"].isin(models), "metric"])
+    if present is None:
+        present = set(table.loc[table["model"].isin(models), "metric"])
     if not present & set(paper.metrics) and not (key == "kaczmarek2023_metacam" and ensembles):
         raise ValueError(f"paper '{key}': the metric tables hold none of {list(paper.metrics)} for models {models} "
                          f"(add them to metrics.compute)")
@@ -330,18 +333,28 @@ def _mean_std_rows(paper: Paper, table: pd.DataFrame, models: list[str]) -> list
     return rows
 
 
-def write_paper_tables(papers: dict[str, list[str]], summary_csv, metrics_parquet, stats_csvs: dict[str, str],
+def write_paper_tables(papers: dict[str, list[str]], summary_csv, metric_table, stats_csvs: dict[str, str],
                        methods_config: dict[str, dict], outputs: dict[str, str], index_csv,
                        ensemble_csvs: dict[str, str] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Every paper's table (``papers``: key -> models) and an index of what was made from what."""
+    """Every paper's table (``papers``: key -> models) and an index of what was made from what.
+
+    ``metric_table``: the metric table's partitions (files or directories, ``cambench.tables``); of them only
+    the clean rows of the papers' models and metrics are read (plus one metric per partition, for the
+    accuracies), never the perturbed levels."""
     summary = pd.read_csv(summary_csv)
-    table = pd.read_parquet(metrics_parquet)
+    parts = [p for p in partitions(metric_table) if p.model in {m for ms in papers.values() for m in ms}]
+    wanted = {m for key in papers for m in PAPERS[key].metrics} | {"box_iou"}
+    frames = [read_block(p, metric) for p in parts if p.perturbation == "none"
+              for metric in dict.fromkeys([p.metrics[0], *(m for m in p.metrics if m in wanted)])]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     stats_tables = {name: pd.read_csv(path) for name, path in stats_csvs.items()}
     ensembles = {model: pd.read_csv(path) for model, path in (ensemble_csvs or {}).items()}
     index = []
     for key, models in papers.items():
+        present = {m for p in parts if p.model in models for m in p.metrics}
         frame = paper_table(key, summary=summary, table=table, stats_tables=stats_tables, models=models,
-                            methods_config=methods_config, ensembles=ensembles, n_boot=n_boot, seed=seed)
+                            methods_config=methods_config, ensembles=ensembles, n_boot=n_boot, seed=seed,
+                            present=present)
         with atomic_path(outputs[key]) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
         ours = frame[frame["source"] == "cambench"]
@@ -358,7 +371,7 @@ def write_paper_tables(papers: dict[str, list[str]], summary_csv, metrics_parque
 def metacam_ensembles(dataset_path, model_path, output, *, components: list[str], component_params: dict,
                       k: float | str, consensus: str, metric_params: dict, split: str, dataset: str, model: str,
                       target_layer: str, images: int, batch_size: int, memory_mb: float, seed: int,
-                      device: str = "auto") -> pd.DataFrame:
+                      device: str = "auto", k_grid: list[float] | None = None) -> pd.DataFrame:
     """ROAD (combined) of the MetaCAM map of every subset of ``components`` on the first ``images``
     images of ``split``, and each component's Cumulative Residual Effect (methods.md §2.11); ``k``
     'adaptive' chooses each image's k from ``k_grid`` (the method's grid when None)."""

@@ -20,22 +20,20 @@ from tqdm import tqdm
 
 from .data import generate_standin as generate_standin_files
 from .data import prepare, read_dataset, split_size
-from .engine import FLAG_CONSTANT, FLAG_NONFINITE, METHODS, explain_many, method_applies, method_of
+from .engine import METHODS, explain_many, method_applies, method_of
 from .metrics import METRICS, evaluate_applies
 from .metrics.localisation import label_class_boxes
-from .metrics.robustness import combine_robustness
 from .models import (build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
                      train_classifier)
 from .perturbations import perturb, perturbation_needs
 from .plan import metric_progress_steps
 from .provenance import provenance
 from .store import HeatmapWriter, read_heatmaps
+from .tables import METRIC_COLUMNS, write_partition
 from .utils import atomic_path, json_attribute, pick_device
 
 log = logging.getLogger("cambench")
 
-METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                  "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
 
 
 PROGRESS_LOG_SECONDS = 30.0  # a job log gets a progress line at most this often (a terminal every 5 s)
@@ -499,100 +497,15 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
 
 
 def join_metric_tables(shards: list[str | Path], output: str | Path, metric_order: list[str]) -> pd.DataFrame:
-    """One (perturbation, level)'s table from its shards' tables (in split order), in the order an
-    unsharded job writes it: method (sorted, as the heatmap file lists them), then metric (in
-    ``metric_order``, the config's), then image in split order."""
+    """One (dataset, model, perturbation, level) partition of the metric table (``cambench.tables``) from its
+    shards' tables (in split order): rows ordered metric (in ``metric_order``, the config's), method (sorted,
+    as the heatmap file lists them), then image in split order; one row group per metric."""
     tables = [pd.read_parquet(p) for p in shards]
     table = pd.concat(tables, ignore_index=True)
-    position = {name: i for i, name in enumerate(metric_order)}
-    order = np.lexsort((np.arange(len(table)), table["metric"].map(position).to_numpy(),
-                        table["method"].to_numpy(dtype=str)))
-    table = table.iloc[order].reset_index(drop=True)
     record = json.loads(tables[0].attrs.get("provenance", "{}"))
     record["shards"] = [str(p) for p in shards]
     table.attrs["provenance"] = _json(record)
-    with atomic_path(output) as tmp:
-        table.to_parquet(tmp, index=False)
-    return table
-
-
-# ------------------------------------------------------------------------------------------------
-# Aggregation
-# ------------------------------------------------------------------------------------------------
-
-def bootstrap_mean_ci(values: np.ndarray, classes: np.ndarray | None, n_boot: int, rng: np.random.Generator,
-                      level: float = 0.95) -> tuple[float, float, float]:
-    """Point estimate and percentile bootstrap CI of the mean, or with ``classes`` of the mean of class
-    means, resampled within each class (stratified: every resample keeps each class's size, so each class
-    mean is a bootstrap of that class and the point estimate's weighting is that of every resample)."""
-    n = len(values)
-    if classes is None:
-        point, boots = values.mean(), values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    else:
-        members = [np.flatnonzero(classes == c) for c in np.unique(classes)]
-        point = np.mean([values[m].mean() for m in members])
-        # one (n_boot, n_c) draw per class (a handful of classes: the loop is over classes, not resamples)
-        boots = np.mean([values[m[rng.integers(0, len(m), size=(n_boot, len(m)))]].mean(axis=1) for m in members],
-                        axis=0)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return float(point), float(lo), float(hi)
-
-
-def bootstrap_robustness_ci(values: np.ndarray, unchanged: np.ndarray, n_boot: int, rng: np.random.Generator,
-                            level: float = 0.95) -> tuple[float, float, float]:
-    """``2CR / (C + R)`` (methods.md §3.5, harmonic rule) and its percentile bootstrap CI, images
-    resampled jointly; NaN when one of the two groups is empty."""
-    point = combine_robustness(values, unchanged)
-    if np.isnan(point):
-        return point, point, point
-    n = len(values)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    same = unchanged[idx]
-    v = values[idx]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        c = np.where(same, v, 0).sum(1) / same.sum(1)
-        r = np.where(~same, v, 0).sum(1) / (~same).sum(1)
-        boots = 2 * c * r / (c + r)
-    boots = boots[np.isfinite(boots)]
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2]) if len(boots) else (np.nan, np.nan)
-    return point, float(lo), float(hi)
-
-
-def aggregate_metrics(inputs: list[str | Path], output_parquet: str | Path, output_csv: str | Path,
-                      output_summary: str | Path, n_boot: int, seed: int) -> pd.DataFrame:
-    table = pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True)
-    table.attrs = {"provenance": _json(provenance(None, list(inputs), seed))}
-    for path, write in ((output_parquet, lambda t, p: t.to_parquet(p, index=False)),
-                        (output_csv, lambda t, p: t.to_csv(p, index=False))):
-        with atomic_path(path) as tmp:
-            write(table, tmp)
-    rng = np.random.default_rng(seed)
-    rows = []
-    keys = ["dataset", "model", "method", "perturbation", "level", "metric"]
-    for key, group in table.groupby(keys, sort=True):
-        entry = METRICS.get(key[-1])
-        aggregate = entry.meta.get("aggregate", "mean")
-        values = group["value"].to_numpy()
-        if aggregate == "robustness" and json.loads(group["params"].iloc[0]).get("combine") == "harmonic":
-            unchanged = (group["prediction"] == group["clean_prediction"]).to_numpy()
-            point, lo, hi = bootstrap_robustness_ci(values, unchanged, n_boot, rng)
-            if np.isnan(point):
-                continue  # no prediction flipped (or none kept): Rob is undefined, C alone is in 'consistency'
-            aggregate = "harmonic"
-        else:
-            aggregate = "class_mean" if aggregate == "class_mean" else "mean"
-            point, lo, hi = bootstrap_mean_ci(values, group["label"].to_numpy() if aggregate == "class_mean" else None,
-                                              n_boot, rng)
-        # degenerate maps only (constant, NaN/Inf); bit 4 (Ablation-CAM's score <= 0) is not a degenerate map
-        degenerate = int(((group["map_flags"] & (FLAG_CONSTANT | FLAG_NONFINITE)) != 0).sum()) \
-            if "map_flags" in group else 0
-        rows.append(dict(zip(keys, key), mean=point, ci_low=lo, ci_high=hi, n=len(group), n_degenerate=degenerate,
-                         aggregate=aggregate,
-                         higher_is_better=entry.meta.get("higher_is_better"), score=group["score"].iloc[0]))
-    summary = pd.DataFrame(rows)
-    with atomic_path(output_summary) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.6g")
-    return summary
+    return write_partition(table, output, metric_order)
 
 
 def models_table(train_jsons: dict[str, str], output: str | Path) -> pd.DataFrame:

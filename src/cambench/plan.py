@@ -54,11 +54,11 @@ WORK_KEYS = ("forward", "backward", "head")
 BACKWARD_FORWARDS = 2.0      # FLOPs of a backward pass in forward passes (the usual 2x rule)
 # Bytes per tidy metric row, measured on the default config's clean metric job for shapes_cnn (30,379
 # rows of 14 methods x 32 metrics, 2026-12-07: 5.7 in its parquet, 164 in CSV; tests/test_plan.py
-# re-measures the parquet figure). Each row is in three parquet files (the shard's, the level's join,
-# results/metrics.parquet) and in results/metrics.csv.
+# re-measures the parquet figure). Each row is in two parquet files (the shard's and its partition of
+# results/metrics/) and, where written (metrics.csv), in results/metrics.csv.
 METRIC_ROW_BYTES = 6.0
 METRIC_CSV_ROW_BYTES = 165.0
-METRIC_PARQUET_COPIES = 3
+METRIC_PARQUET_COPIES = 2
 CPU_CALIBRATION_BATCH = 8    # images per timed pass on a CPU at most (time per image barely depends on it)
 CPU_CALL_SECONDS = 0.25      # and fewer where one pass would take longer
 CALIBRATION_REPEATS = 2      # timed calls at least (more while they take under CALIBRATION_SECONDS)
@@ -683,7 +683,7 @@ def plan_model(config: dict, name: str, spec: dict, info: DataInfo, calibration:
     plan.disk = {
         "heatmaps": n * levels * per_image,
         "metrics (parquet)": rows * METRIC_ROW_BYTES * METRIC_PARQUET_COPIES,
-        "metrics.csv": rows * METRIC_CSV_ROW_BYTES,
+        "metrics.csv (if written)": rows * METRIC_CSV_ROW_BYTES,
         "models": plan.parameters * 4,
     }
     if stored:
@@ -723,6 +723,22 @@ def make_plan(config: dict, workdir: str | Path = ".", calibrate: bool | Calibra
             items = info.images + (info.train or 0)
             disk["datasets"] += items * math.prod(info.shape) * (1 + info.masks / info.shape[0])
     return Plan(models, datasets, dict(disk), config["device"])
+
+
+def metric_row_bound(config: dict, workdir: str | Path = ".") -> int | None:
+    """An upper bound on the metric table's rows (evaluation images x methods x metrics x levels per model)
+    from the data sets' sizes alone, no model built; None where a data set's size cannot be told yet."""
+    try:
+        used = dict.fromkeys(spec["dataset"] for spec in config["models"].values())
+        images = {d: dataset_info(d, config["datasets"][d], config["cam"]["split"], config["seed"], Path(workdir)).images
+                  for d in used}
+    except (OSError, ValueError, KeyError):
+        return None
+    if any(n is None for n in images.values()):
+        return None
+    levels = len(_levels(config))
+    return sum(images[spec["dataset"]] * len(_model_methods(config, spec)) * len(config["metrics"]["compute"]) * levels
+               for spec in config["models"].values())
 
 
 # ------------------------------------------------------------------------------------------------

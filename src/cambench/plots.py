@@ -1,6 +1,7 @@
 """Figures for the report (matplotlib / seaborn), written atomically as PNG."""
 from __future__ import annotations
 
+import colorsys
 import io
 import json
 import logging
@@ -19,6 +20,7 @@ import seaborn as sns  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
 import torch  # noqa: E402
 
+from .aggregate import BOX_COLUMNS  # noqa: E402
 from .data import read_dataset  # noqa: E402
 from .metrics import METRICS  # noqa: E402
 from .metrics.localisation import peak_coordinates  # noqa: E402
@@ -517,12 +519,26 @@ def consistency_responsiveness_plane(summary_csv: str | Path, output: str | Path
 # Per-image distributions, one figure per metric family
 # --------------------------------------------------------------------------------------------
 
-def metric_distributions(metrics_parquet: str | Path, output: str | Path, family: str) -> None:
+def _dodged_box(n_slots: int, slot: int, dodge: bool, width: float = 0.8) -> tuple[float, float]:
+    """Offset from the row's centre and width of the box in ``slot`` of ``n_slots`` (seaborn's dodge:
+    ``width`` split evenly among the hue levels, in hue order)."""
+    if not dodge:
+        return 0.0, width
+    box = width / n_slots
+    return box * slot + box / 2 - width / 2, box
+
+
+def metric_distributions(box_stats: str | Path, output: str | Path, family: str) -> None:
     """One metric family: a grid of small panels (one per metric of the family in the table), methods on
-    the y axis, per-image values on x, one box per condition (clean and each perturbation level)."""
+    the y axis, per-image values on x, one box per condition (clean and each perturbation level).
+
+    ``box_stats`` is the box-statistics table of ``cambench.aggregate`` (quartiles, whiskers, mean and
+    outliers per group), so the per-image values are never loaded; the boxes are drawn as seaborn's
+    boxplot would draw them from the values (its own ``boxplot_stats`` + ``Axes.bxp``), dodged, coloured and
+    outlined the same way. Outliers shown are at most ``aggregate.MAX_FLIERS`` per box."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {list(FAMILIES)}, got {family!r}")
-    table = _read_table(metrics_parquet, ["dataset", "model", "method", "perturbation", "level", "metric", "value"])
+    table = _read_table(box_stats, BOX_COLUMNS)
     family_metrics = [m for m in METRICS.names() if METRICS.get(m).meta.get("family") == family]
     rows = table[table["metric"].isin(family_metrics)].copy()
     conditions = sorted({_condition(p, v) for p, v in set(zip(table["perturbation"], table["level"]))},
@@ -530,7 +546,7 @@ def metric_distributions(metrics_parquet: str | Path, output: str | Path, family
     metrics = [m for m in family_metrics if m in set(rows["metric"])]
     if not metrics:
         fig, ax = plt.subplots(figsize=(6, 1.5))
-        _note(ax, f"no {family} metric in {Path(metrics_parquet).name}")
+        _note(ax, f"no {family} metric in {Path(box_stats).name}")
         _save(fig, output)
         return
     rows["condition"] = [_condition(p, v) for p, v in zip(rows["perturbation"], rows["level"])]
@@ -538,19 +554,41 @@ def metric_distributions(metrics_parquet: str | Path, output: str | Path, family
     several = table[["dataset", "model"]].drop_duplicates().shape[0] > 1
     rows["row"] = (rows["model"] + ": " + rows["method"]) if several else rows["method"]
     order = sorted(set(rows["row"]))
+    position = {row: i for i, row in enumerate(order)}
     palette = dict(zip(conditions, sns.color_palette("colorblind", len(conditions))))
+    # seaborn's filled boxes: faces at saturation 0.75, lines grey at 0.6 x the palette's lowest lightness
+    faces = {c: sns.desaturate(colour, 0.75) for c, colour in palette.items()}
+    grey = 0.6 * min(colorsys.rgb_to_hls(*colour)[1] for colour in palette.values())
+    line = {"color": (grey, grey, grey), "linewidth": 0.6}
     ncols = min(4, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.5, (0.2 * len(order) * max(len(conditions), 2) / 2
                                                                          + 0.9) * nrows), squeeze=False)
     for i, (ax, metric) in enumerate(zip(axes.flat, metrics)):
         sub = rows[rows["metric"] == metric]
-        sns.boxplot(data=sub, x="value", y="row", hue="condition", order=order,
-                    hue_order=[c for c in conditions if c in set(sub["condition"])], palette=palette, orient="h",
-                    ax=ax, fliersize=1, linewidth=0.6, legend=False, showmeans=True,
-                    # the mean as a small diamond: for 0/1 metrics (pointing game, flips) it is the rate
-                    meanprops={"marker": "D", "markersize": 2.5, "markerfacecolor": "white",
-                               "markeredgecolor": "black", "markeredgewidth": 0.5})
+        present = [c for c in conditions if c in set(sub["condition"])]
+        # boxes are dodged when some row has several conditions (seaborn's dodge="auto")
+        dodge = len(sub[["row", "condition"]].drop_duplicates()) != sub["row"].nunique()
+        for slot, condition in enumerate(present):
+            # one box per row with at least one finite value, in y order (a group of NaN only draws nothing)
+            boxes = sub[(sub["condition"] == condition) & (sub["n"] > 0)]
+            boxes = boxes.iloc[np.argsort([position[r] for r in boxes["row"]], kind="stable")]
+            if boxes.empty:
+                continue
+            offset, width = _dodged_box(len(present), slot, dodge)
+            stats = [dict(mean=b.mean, med=b.med, q1=b.q1, q3=b.q3, whislo=b.whislo, whishi=b.whishi,
+                          fliers=np.asarray(b.fliers, dtype=float)) for b in boxes.itertuples(index=False)]
+            ax.bxp(stats, positions=[position[r] + offset for r in boxes["row"]], widths=width,
+                   capwidths=0.5 * width, orientation="horizontal", patch_artist=True, manage_ticks=False,
+                   showmeans=True,
+                   boxprops={"facecolor": faces[condition], "edgecolor": line["color"], "linewidth": 0.6},
+                   medianprops={**line, "solid_capstyle": "butt"}, whiskerprops={**line, "solid_capstyle": "butt"},
+                   capprops=line, flierprops={"markeredgecolor": line["color"], "markersize": 1},
+                   # the mean as a small diamond: for 0/1 metrics (pointing game, flips) it is the rate
+                   meanprops={"marker": "D", "markersize": 2.5, "markerfacecolor": "white",
+                              "markeredgecolor": "black", "markeredgewidth": 0.5})
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(len(order) - 0.5, -0.5)   # first row on top
         ax.set_title(f"{metric} ({_direction(metric)})", fontsize=8)
         ax.set_xlabel("")
         ax.set_ylabel("")

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
+from .tables import Partition, partitions, read_block
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -99,28 +101,33 @@ def friedman(values: np.ndarray) -> tuple[float, float, float, np.ndarray]:
     return float(chi2), float(p), float(chi2 / (n * (k - 1))), mean_ranks
 
 
-def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """One Friedman test per (dataset, model, perturbation, level, metric); Holm across the table."""
-    rows = []
-    table = _compared(table)
-    for key, group in table.groupby(BLOCK_KEYS, sort=True):
-        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
-        methods = list(wide.columns)
-        row = dict(zip(BLOCK_KEYS, key), test="friedman", design="paired", family="table", groups=",".join(methods),
-                   n=len(wide), k=len(methods),
-                   effect_name="kendall_w", statistic=np.nan, p=np.nan, effect_size=np.nan, mean_ranks="", note="")
-        if len(methods) < 3 or len(wide) < 2:
-            row["note"] = "needs >= 3 methods and >= 2 complete blocks"
-        else:
-            chi2, p, w, ranks = friedman(wide.to_numpy())
-            row.update(statistic=chi2, p=p, effect_size=w,
-                       mean_ranks=json.dumps({m: round(float(r), 4) for m, r in zip(methods, ranks)}))
-            if np.isnan(chi2):
-                row["note"] = "all values tied within every block: no test"
-        rows.append(row)
+def friedman_row(key: tuple, wide: pd.DataFrame) -> dict:
+    """The Friedman row of one block (``key`` = BLOCK_KEYS; ``wide`` images x methods, complete cases)."""
+    methods = list(wide.columns)
+    row = dict(zip(BLOCK_KEYS, key), test="friedman", design="paired", family="table", groups=",".join(methods),
+               n=len(wide), k=len(methods),
+               effect_name="kendall_w", statistic=np.nan, p=np.nan, effect_size=np.nan, mean_ranks="", note="")
+    if len(methods) < 3 or len(wide) < 2:
+        row["note"] = "needs >= 3 methods and >= 2 complete blocks"
+    else:
+        chi2, p, w, ranks = friedman(wide.to_numpy())
+        row.update(statistic=chi2, p=p, effect_size=w,
+                   mean_ranks=json.dumps({m: round(float(r), 4) for m, r in zip(methods, ranks)}))
+        if np.isnan(chi2):
+            row["note"] = "all values tied within every block: no test"
+    return row
+
+
+def _friedman_finish(rows: list[dict], alpha: float) -> pd.DataFrame:
     out = _finish(rows, STATS_COLUMNS, alpha)
     out["p_adj"] = _holm(out["p"])  # the family is the table: p_adj = p_adj_table
     return _table_wide(out, alpha)
+
+
+def friedman_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """One Friedman test per (dataset, model, perturbation, level, metric); Holm across the table."""
+    return _friedman_finish([friedman_row(key, wide) for key, wide in _method_blocks(table)],
+                            alpha)
 
 
 # ---------------------------------------------------------------------------------------------- post-hoc pairs
@@ -191,11 +198,16 @@ def paired_wilcoxon(differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return statistic, p
 
 
+def wide_block(group: pd.DataFrame) -> pd.DataFrame:
+    """One block's values as images x methods (both sorted), complete cases only."""
+    wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
+    return wide[sorted(wide.columns)]
+
+
 def _method_blocks(table: pd.DataFrame):
     """(block key, wide frame images x methods of complete cases) per block of the compared metrics."""
     for key, group in _compared(table).groupby(BLOCK_KEYS, sort=True):
-        wide = group.pivot_table(index="image_id", columns="method", values="value", aggfunc="first").dropna()
-        yield key, wide[sorted(wide.columns)]
+        yield key, wide_block(group)
 
 
 def posthoc_table(table: pd.DataFrame, alpha: float = 0.05, tests=POSTHOC_TESTS) -> pd.DataFrame:
@@ -207,46 +219,56 @@ def posthoc_table(table: pd.DataFrame, alpha: float = 0.05, tests=POSTHOC_TESTS)
     the studentized range q, effect size the first method's mean rank minus the second's (rank 1 = lowest).
     ``groups`` is "a,b" with a < b; ``k`` is the number of methods in the block.
     """
+    tests = _posthoc_tests(tests)
+    return _finish([r for key, wide in _method_blocks(table) for r in posthoc_rows(key, wide, tests)],
+                   STATS_COLUMNS, alpha)
+
+
+def _posthoc_tests(tests) -> tuple[str, ...]:
     tests = (tests,) if isinstance(tests, str) else tuple(tests)
     unknown = [t for t in tests if t not in POSTHOC_TESTS]
     if unknown or not tests:
         raise ValueError(f"tests: expected a non-empty subset of {list(POSTHOC_TESTS)}, got {list(tests)}")
+    return tests
+
+
+def posthoc_rows(key: tuple, wide: pd.DataFrame, tests=POSTHOC_TESTS) -> list[dict]:
+    """The post-hoc rows of one block (``key`` = BLOCK_KEYS; ``wide`` images x sorted methods)."""
     rows = []
-    for key, wide in _method_blocks(table):
-        methods = list(wide.columns)
-        n, k = wide.shape
-        base = dict(zip(BLOCK_KEYS, key), n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan,
-                    p_adj=np.nan, effect_size=np.nan, design="paired", family="block")
-        if k < 2 or n < 2:
-            rows += [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
-                          effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
-                     for test in tests]
-            continue
-        first, second = np.triu_indices(k, 1)
-        pairs = [f"{methods[i]},{methods[j]}" for i, j in zip(first, second)]
-        values = wide.to_numpy(dtype=float)
-        if "wilcoxon" in tests:
-            differences = values[:, first] - values[:, second]
-            statistic, p = paired_wilcoxon(differences)
-            p_adj = _holm(pd.Series(p)).to_numpy()
-            effect = rank_biserial(differences)
-            for i, pair in enumerate(pairs):
-                note = "all paired differences are zero: no test" if np.isnan(p[i]) else ""
-                rows.append(dict(base, test="wilcoxon", groups=pair, statistic=statistic[i], p=p[i], p_adj=p_adj[i],
-                                 effect_size=effect[i], effect_name="rank_biserial", note=note))
-        if "nemenyi" in tests:
-            p_matrix = scikit_posthocs.posthoc_nemenyi_friedman(wide).loc[methods, methods].to_numpy()
-            mean_ranks = stats.rankdata(values, axis=1).mean(axis=0)
-            rank_difference = mean_ranks[first] - mean_ranks[second]
-            # the studentized range statistic whose upper tail (k groups, infinite df) is Nemenyi's p
-            q = np.sqrt(2.0) * np.abs(rank_difference) / np.sqrt(k * (k + 1) / (6.0 * n))
-            for i, (a, b) in enumerate(zip(first, second)):
-                p = float(p_matrix[a, b])
-                rows.append(dict(base, test="nemenyi", groups=pairs[i], statistic=q[i], p=p, p_adj=p,
-                                 effect_size=rank_difference[i], effect_name="mean_rank_difference",
-                                 mean_ranks=json.dumps({methods[a]: round(float(mean_ranks[a]), 4),
-                                                        methods[b]: round(float(mean_ranks[b]), 4)})))
-    return _finish(rows, STATS_COLUMNS, alpha)
+    methods = list(wide.columns)
+    n, k = wide.shape
+    base = dict(zip(BLOCK_KEYS, key), n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan,
+                p_adj=np.nan, effect_size=np.nan, design="paired", family="block")
+    if k < 2 or n < 2:
+        rows += [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
+                      effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
+                 for test in tests]
+        return rows
+    first, second = np.triu_indices(k, 1)
+    pairs = [f"{methods[i]},{methods[j]}" for i, j in zip(first, second)]
+    values = wide.to_numpy(dtype=float)
+    if "wilcoxon" in tests:
+        differences = values[:, first] - values[:, second]
+        statistic, p = paired_wilcoxon(differences)
+        p_adj = _holm(pd.Series(p)).to_numpy()
+        effect = rank_biserial(differences)
+        for i, pair in enumerate(pairs):
+            note = "all paired differences are zero: no test" if np.isnan(p[i]) else ""
+            rows.append(dict(base, test="wilcoxon", groups=pair, statistic=statistic[i], p=p[i], p_adj=p_adj[i],
+                             effect_size=effect[i], effect_name="rank_biserial", note=note))
+    if "nemenyi" in tests:
+        p_matrix = scikit_posthocs.posthoc_nemenyi_friedman(wide).loc[methods, methods].to_numpy()
+        mean_ranks = stats.rankdata(values, axis=1).mean(axis=0)
+        rank_difference = mean_ranks[first] - mean_ranks[second]
+        # the studentized range statistic whose upper tail (k groups, infinite df) is Nemenyi's p
+        q = np.sqrt(2.0) * np.abs(rank_difference) / np.sqrt(k * (k + 1) / (6.0 * n))
+        for i, (a, b) in enumerate(zip(first, second)):
+            p = float(p_matrix[a, b])
+            rows.append(dict(base, test="nemenyi", groups=pairs[i], statistic=q[i], p=p, p_adj=p,
+                             effect_size=rank_difference[i], effect_name="mean_rank_difference",
+                             mean_ranks=json.dumps({methods[a]: round(float(mean_ranks[a]), 4),
+                                                    methods[b]: round(float(mean_ranks[b]), 4)})))
+    return rows
 
 
 # ---------------------------------------------------------------- across (dataset, model) groups: paired or not
@@ -373,6 +395,12 @@ def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     ``p_adj``: Holm over the table's omnibus rows (``family`` 'table': kruskal, friedman, the 2-group
     wilcoxon) or within the block's pairs (``family`` 'block'); ``p_adj_table``: Holm over every row.
     """
+    return _kruskal_finish(kruskal_rows(table), alpha)
+
+
+def kruskal_rows(table: pd.DataFrame) -> list[dict]:
+    """The rows of :func:`kruskal_table` before the table-wide Holm (any subset of whole
+    (perturbation, level, metric) keys: every group's rows of each)."""
     table = _compared(table).dropna(subset=["value"])
     table = table.assign(group=table["dataset"].astype(str) + "/" + table["model"].astype(str))
     rows = []
@@ -385,6 +413,10 @@ def kruskal_table(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                     statistic=np.nan, p=np.nan, p_adj=np.nan, effect_size=np.nan)
         rows += (_paired_group_rows(frame, base) if _shares_images(frame)
                  else _independent_group_rows(frame, names, base))
+    return rows
+
+
+def _kruskal_finish(rows: list[dict], alpha: float) -> pd.DataFrame:
     out = _finish(rows, KRUSKAL_COLUMNS, alpha)
     omnibus = out["family"] == "table"
     out.loc[omnibus, "p_adj"] = _holm(out.loc[omnibus, "p"])
@@ -430,64 +462,182 @@ def _mixed_model_rows(data: pd.DataFrame, base: dict) -> list[dict]:
                  effect_size=float(fit.fe_params[term]), note=note) for term in fit.fe_params.index]
 
 
-def mixed_model_table(table: pd.DataFrame, metrics=None, alpha: float = 0.05) -> pd.DataFrame:
+def _mixed_model_metrics(metrics, available) -> list[str] | None:
+    if metrics is None:
+        return None
+    from .metrics import METRICS
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in metrics if m not in METRICS and m not in set(available)]
+    if unknown:
+        raise ValueError(f"metrics: expected registered metric names, got unknown {unknown}")
+    return metrics
+
+
+def image_subsample(image_ids, max_images: int | None, seed: int) -> set | None:
+    """The images a mixed model is fitted on: None (all) when there are at most ``max_images``, else the
+    ``max_images`` whose CRC-32 of "<seed>/<image id>" is smallest: a seeded random sample that is the same
+    set for every kind and metric of a model (README, "The reduce side at scale")."""
+    ids = np.unique(np.asarray(image_ids, dtype=str))
+    if max_images is None or len(ids) <= max_images:
+        return None
+    checksums = np.array([zlib.crc32(f"{seed}/{i}".encode()) for i in ids], dtype=np.int64)
+    return set(ids[np.lexsort((ids, checksums))[:max_images]].tolist())
+
+
+def _mixed_fit(clean: pd.DataFrame, perturbed: pd.DataFrame, base: dict, max_images: int | None,
+               seed: int) -> list[dict]:
+    """One fit: the clean rows (severity 0) and one kind's levels (severity = level), subsampled."""
+    data = pd.concat([clean.assign(severity=0.0), perturbed.assign(severity=perturbed["level"].astype(float))],
+                     ignore_index=True)[["image_id", "method", "severity", "value"]]
+    chosen = image_subsample(data["image_id"], max_images, seed)
+    if chosen is None:
+        return _mixed_model_rows(data, base)
+    total = data["image_id"].nunique()
+    rows = _mixed_model_rows(data[data["image_id"].isin(chosen)].reset_index(drop=True), base)
+    sample = (f"fitted on a seeded random subsample of {len(chosen)} of the {total} images "
+              f"(stats.mixed_model_max_images)")
+    return [dict(r, note=f"{r['note']}; {sample}" if r["note"] else sample) for r in rows]
+
+
+def mixed_model_table(table: pd.DataFrame, metrics=None, alpha: float = 0.05, max_images: int | None = None,
+                      seed: int = 0) -> pd.DataFrame:
     """Linear mixed model per (dataset, model, perturbation kind, metric): value ~ C(method) * severity.
 
     statsmodels MixedLM, random intercept per image (groups = image_id), fitted on the clean rows (severity 0)
     plus the kind's levels (severity = level). One row per fixed-effect term: statistic z, effect_size the
     coefficient; Holm over all rows. ``level`` is NaN (the fit spans the levels, listed in ``note``).
     ``metrics=None``: every compared metric. A fit that cannot run gives one row with the reason in ``note``.
+    Fits over more than ``max_images`` images use a seeded subsample of them (:func:`image_subsample`,
+    stated in ``note``; ``n`` counts the rows fitted).
     """
     table = _compared(table).dropna(subset=["value"])
+    metrics = _mixed_model_metrics(metrics, table["metric"])
     if metrics is not None:
-        from .metrics import METRICS
-        metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-        unknown = [m for m in metrics if m not in METRICS and m not in set(table["metric"])]
-        if unknown:
-            raise ValueError(f"metrics: expected registered metric names, got unknown {unknown}")
         table = table[table["metric"].isin(metrics)]
     rows = []
     clean_mask = table["perturbation"] == "none"
     kinds = sorted(table.loc[~clean_mask, "perturbation"].unique())
     for (dataset, model, metric), frame in table.groupby(["dataset", "model", "metric"], sort=True):
-        clean = frame[frame["perturbation"] == "none"].assign(severity=0.0)
+        clean = frame[frame["perturbation"] == "none"]
         for kind in kinds:
             perturbed = frame[frame["perturbation"] == kind]
             if perturbed.empty and clean.empty:
                 continue
-            data = pd.concat([clean, perturbed.assign(severity=perturbed["level"].astype(float))], ignore_index=True)
             base = dict(dataset=dataset, model=model, perturbation=kind, level=np.nan, metric=metric)
-            started = time.perf_counter()
-            rows += _mixed_model_rows(data[["image_id", "method", "severity", "value"]], base)
-            log.debug("mixedlm %s/%s %s %s: %.2f s", dataset, model, kind, metric, time.perf_counter() - started)
+            rows += _mixed_fit(clean, perturbed, base, max_images, seed)
+    return _mixed_finish(rows, alpha)
+
+
+def _mixed_finish(rows: list[dict], alpha: float) -> pd.DataFrame:
     out = _finish(rows, STATS_COLUMNS, alpha)
     out["p_adj"] = _holm(out["p"])
     return _table_wide(out, alpha)
 
 
-# ---------------------------------------------------------------------------------------------------- the rule
+# ------------------------------------------------------------------------- the rule: block by block
 
-def run_statistics(metrics_parquet: str, outputs: dict[str, str], alpha: float = 0.05,
-                   mixed_model_metrics=None) -> dict[str, pd.DataFrame]:
-    """Write friedman, posthoc, kruskal and mixed_model tables (CSV) from the tidy metric table.
+BLOCK_READ = ["method", "image_id", "value"]
 
-    ``outputs`` maps each of ``STATS_OUTPUTS`` to its CSV path; ``mixed_model_metrics`` (None = every compared
-    metric) limits the mixed models, the slow part.
+
+def _is_compared(metric: str) -> bool:
+    from .metrics import METRICS
+    return metric not in METRICS or METRICS.get(metric).meta.get("compare", True)
+
+
+def _partition_tests(part: Partition, tests: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """Friedman and post-hoc rows of one partition's compared metrics (one block in memory at a time)."""
+    friedman_rows, pair_rows = [], []
+    for metric in sorted(m for m in part.metrics if _is_compared(m)):
+        key = (*part.key, metric)
+        wide = wide_block(read_block(part, metric, BLOCK_READ))
+        friedman_rows.append(friedman_row(key, wide))
+        pair_rows += posthoc_rows(key, wide, tests)
+    return friedman_rows, pair_rows
+
+
+def _level_group_tests(parts: list[Partition]) -> list[dict]:
+    """The across-model rows of one (perturbation, level): per metric, every model's block."""
+    rows = []
+    for metric in sorted({m for p in parts for m in p.metrics if _is_compared(m)}):
+        frames = [read_block(p, metric, ["dataset", "model", *BLOCK_READ, "perturbation", "level", "metric"])
+                  for p in parts if metric in p.metrics]
+        rows += kruskal_rows(pd.concat(frames, ignore_index=True))
+    return rows
+
+
+def _model_fits(task: tuple, kinds: list[str], max_images: int | None, seed: int) -> list[dict]:
+    """The mixed models of one (dataset, model, metric): one fit per perturbation kind."""
+    (dataset, model, metric), parts = task
+    columns = ["image_id", "method", "level", "value"]
+
+    def rows_of(selected: list[Partition]) -> pd.DataFrame:
+        frames = [read_block(p, metric, columns) for p in selected if metric in p.metrics]
+        frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        return frame.dropna(subset=["value"])
+
+    clean = rows_of([p for p in parts if p.perturbation == "none"])
+    rows = []
+    for kind in kinds:
+        perturbed = rows_of([p for p in parts if p.perturbation == kind])
+        if perturbed.empty and clean.empty:
+            continue
+        base = dict(dataset=dataset, model=model, perturbation=kind, level=np.nan, metric=metric)
+        rows += _mixed_fit(clean, perturbed, base, max_images, seed)
+    return rows
+
+
+def _grouped(parts: list[Partition], key) -> list[tuple]:
+    groups: dict = {}
+    for p in parts:
+        groups.setdefault(key(p), []).append(p)
+    return sorted(groups.items(), key=lambda kv: kv[0])
+
+
+def run_statistics(inputs, outputs: dict[str, str], alpha: float = 0.05, mixed_model_metrics=None,
+                   mixed_model_max_images: int | None = None, seed: int = 0,
+                   workers: int = 1) -> dict[str, pd.DataFrame]:
+    """Write friedman, posthoc, kruskal and mixed_model tables (CSV) from the metric table's partitions
+    ``inputs`` (files or directories; ``cambench.tables``), block by block in ``workers`` processes.
+
+    The rows equal those of the whole-table functions (:func:`friedman_table`, ...) on the same table: each
+    test reads only its block (friedman, posthoc), its (perturbation, level, metric) across models (kruskal)
+    or its model's metric across one kind's levels, subsampled above ``mixed_model_max_images`` images
+    (mixed_model); the Holm adjustments run on the collected rows. ``mixed_model_metrics`` (None = every
+    compared metric) limits the mixed models, the slow part.
     """
     missing = [name for name in STATS_OUTPUTS if name not in outputs]
     if missing:
         raise ValueError(f"outputs: expected paths for {list(STATS_OUTPUTS)}, missing {missing}")
-    table = pd.read_parquet(metrics_parquet)
-    build = {"friedman": lambda: friedman_table(table, alpha),
-             "posthoc": lambda: posthoc_table(table, alpha),
-             "kruskal": lambda: kruskal_table(table, alpha),
-             "mixed_model": lambda: mixed_model_table(table, mixed_model_metrics, alpha)}
-    results = {}
-    for name in STATS_OUTPUTS:
+    from .aggregate import map_partitions
+    parts = partitions(inputs)
+    present = {m for p in parts for m in p.metrics}
+    chosen = _mixed_model_metrics(mixed_model_metrics, present)
+    timings = {}
+
+    def timed(name, build):
         started = time.perf_counter()
-        results[name] = build[name]()
+        result = build()
+        timings[name] = time.perf_counter() - started
+        return result
+
+    per_block = timed("friedman", lambda: map_partitions(_partition_tests, parts, workers, POSTHOC_TESTS))
+    timings["posthoc"] = timings["friedman"]
+    results = {"friedman": _friedman_finish([r for f, _ in per_block for r in f], alpha),
+               "posthoc": _finish([r for _, pairs in per_block for r in pairs], STATS_COLUMNS, alpha)}
+    levels = [group for _, group in _grouped(parts, lambda p: (p.perturbation, p.level))]
+    level_rows = timed("kruskal", lambda: map_partitions(_level_group_tests, levels, workers))
+    order = {"method": 0, "perturbation": 1, "level": 2, "metric": 3}
+    rows = sorted((r for rs in level_rows for r in rs), key=lambda r: tuple(r[k] for k in order))
+    results["kruskal"] = _kruskal_finish(rows, alpha)
+    kinds = sorted({p.perturbation for p in parts if p.perturbation != "none"})
+    tasks = [((d, m, metric), group) for (d, m), group in _grouped(parts, lambda p: (p.dataset, p.model))
+             for metric in sorted({x for p in group for x in p.metrics if _is_compared(x)})
+             if chosen is None or metric in chosen]
+    fits = timed("mixed_model", lambda: map_partitions(_model_fits, tasks, workers, kinds, mixed_model_max_images,
+                                                         seed))
+    results["mixed_model"] = _mixed_finish([r for rs in fits for r in rs], alpha)
+    for name in STATS_OUTPUTS:
         with atomic_path(outputs[name]) as tmp:
             results[name].to_csv(tmp, index=False, float_format="%.6g")
-        log.info("%s: %d rows in %.2f s -> %s", name, len(results[name]), time.perf_counter() - started,
-                 outputs[name])
+        log.info("%s: %d rows in %.2f s -> %s", name, len(results[name]), timings[name], outputs[name])
     return results
