@@ -230,22 +230,18 @@ def metric_files():
     ]
 
 
-def metrics_csv_wanted():
+def _metrics_csv_wanted():
     """metrics.csv: 'always', 'never', or 'auto': when the cost plan's bound on the table's rows is at most
-    metrics.csv_max_rows (a data set whose size the plan cannot tell counts as large). Decided once."""
-    if "wanted" not in _METRICS_CSV:
-        choice = config["metrics"]["csv"]
-        if choice == "auto":
-            from cambench.plan import metric_row_bound
+    metrics.csv_max_rows (a data set whose size the plan cannot tell counts as large)."""
+    if config["metrics"]["csv"] != "auto":
+        return config["metrics"]["csv"] == "always"
+    from cambench.plan import metric_row_bound
 
-            rows = metric_row_bound(config, Path("."))
-            _METRICS_CSV["wanted"] = rows is not None and rows <= config["metrics"]["csv_max_rows"]
-        else:
-            _METRICS_CSV["wanted"] = choice == "always"
-    return _METRICS_CSV["wanted"]
+    rows = metric_row_bound(config, Path("."))
+    return rows is not None and rows <= config["metrics"]["csv_max_rows"]
 
 
-_METRICS_CSV = {}
+METRICS_CSV = _metrics_csv_wanted()
 
 
 def gallery_files():
@@ -304,7 +300,7 @@ def provenance_inputs():
 def all_outputs():
     return [
         *PROVENANCE_OUTPUTS,
-        *(["results/metrics.csv"] if metrics_csv_wanted() else []),
+        *(["results/metrics.csv"] if METRICS_CSV else []),
         "results/tables/metric_summary.csv",
         "results/tables/friedman.csv",
         "results/tables/posthoc.csv",

@@ -82,6 +82,8 @@ rule metrics_csv:
         "results/metrics.csv",
     log:
         "results/logs/metrics_csv.log",
+    benchmark:
+        "results/benchmarks/metrics_csv.tsv"
     conda:
         "../envs/cambench.yaml"
     script:

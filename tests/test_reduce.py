@@ -15,7 +15,7 @@ from cambench.aggregate import (aggregate_metrics, bootstrap_mean_ci, bootstrap_
                                 normal_robustness_ci, summary_table)
 from cambench.stats import (friedman_table, image_subsample, kruskal_table, mixed_model_table, posthoc_table,
                             run_statistics)
-from cambench.tables import METRIC_COLUMNS, partitions, read_block, read_table, write_csv, write_partition
+from cambench.tables import METRIC_COLUMNS, partitions, read_block, write_csv, write_partition
 
 METHODS = ["gradcam", "gradcampp", "layercam", "scorecam"]
 METRICS = ["deletion_auc", "pointing_game", "noise_robustness", "flip_rate"]
@@ -147,14 +147,6 @@ def test_the_table_reads_as_one_table_with_pandas_pyarrow_and_duckdb(partitioned
     assert write_csv(root, tmp_path / "metrics.csv") == len(table)
     _same(pd.read_csv(tmp_path / "metrics.csv", dtype={"label_rank": "Int64"}).sort_values(order)
           .reset_index(drop=True), expected.assign(params=expected.params.astype(object)))
-
-
-def test_read_table_selects_kinds_models_and_metrics(partitioned):
-    root, table = partitioned
-    clean = read_table(root, perturbation="none", models={"net_a"}, metrics={"pointing_game"})
-    expected = table[(table.perturbation == "none") & (table.model == "net_a") & (table.metric == "pointing_game")]
-    assert len(clean) == len(expected) > 0
-    assert read_table(root, metrics={"no_such_metric"}).empty
 
 
 # ------------------------------------------------------------------------ bounded cost of the intervals

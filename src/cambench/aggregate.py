@@ -1,5 +1,5 @@
 """The metric summary (means with confidence intervals) and the per-image distributions' box statistics,
-block by block over the partitioned metric table (``cambench.tables``; README, "The reduce side at scale").
+block by block over the partitioned metric table (``cambench.tables``; README, "The metric table at scale").
 
 A *block* is one (dataset, model, perturbation kind, level, metric); a summary *group* is one method of a
 block. Each group's bootstrap has its own seed, drawn from the run's seed and the group's key, so its
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,7 @@ from scipy import stats
 from .engine import FLAG_CONSTANT, FLAG_NONFINITE
 from .metrics import METRICS
 from .metrics.robustness import combine_robustness
-from .tables import Partition, partitions, read_block
+from .tables import Partition, map_partitions, partitions, read_block
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -172,14 +171,19 @@ def summarise_block(block: pd.DataFrame, key: tuple, n_boot: int, seed: int,
     return summary, boxes
 
 
-def _summarise_partition(part: Partition, n_boot: int, seed: int, bootstrap_max_n: int):
+def _summarise_blocks(blocks, n_boot: int, seed: int, bootstrap_max_n: int) -> tuple[list[dict], list[dict]]:
+    """Summary rows and box rows of (key, block) pairs."""
     summary, boxes = [], []
-    for metric in part.metrics:
-        block = read_block(part, metric, SUMMARY_READ)
-        s, b = summarise_block(block, (*part.key, metric), n_boot, seed, bootstrap_max_n)
+    for key, block in blocks:
+        s, b = summarise_block(block, key, n_boot, seed, bootstrap_max_n)
         summary += s
         boxes += b
     return summary, boxes
+
+
+def _summarise_partition(part: Partition, n_boot: int, seed: int, bootstrap_max_n: int):
+    blocks = (((*part.key, metric), read_block(part, metric, SUMMARY_READ)) for metric in part.metrics)
+    return _summarise_blocks(blocks, n_boot, seed, bootstrap_max_n)
 
 
 def _frames(summary: list[dict], boxes: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -190,22 +194,8 @@ def _frames(summary: list[dict], boxes: list[dict]) -> tuple[pd.DataFrame, pd.Da
 
 def summary_table(table: pd.DataFrame, n_boot: int, seed: int, bootstrap_max_n: int = 1000):
     """The summary and box statistics of a whole in-memory metric table (small tables, tests)."""
-    summary, boxes = [], []
-    for key, block in table.groupby(["dataset", "model", "perturbation", "level", "metric"], sort=True):
-        s, b = summarise_block(block, key, n_boot, seed, bootstrap_max_n)
-        summary += s
-        boxes += b
-    return _frames(summary, boxes)
-
-
-def map_partitions(function, parts: list, workers: int, *args) -> list:
-    """``function(part, *args)`` for every item, in order: inline for one worker, else in a process pool
-    (one item per task; each worker holds one block at a time)."""
-    if workers <= 1 or len(parts) <= 1:
-        return [function(p, *args) for p in parts]
-    with ProcessPoolExecutor(max_workers=min(workers, len(parts))) as pool:
-        futures = [pool.submit(function, p, *args) for p in parts]
-        return [f.result() for f in futures]
+    blocks = table.groupby(["dataset", "model", "perturbation", "level", "metric"], sort=True)
+    return _frames(*_summarise_blocks(blocks, n_boot, seed, bootstrap_max_n))
 
 
 def aggregate_metrics(inputs, output_summary, output_distributions, n_boot: int, seed: int,
@@ -214,7 +204,7 @@ def aggregate_metrics(inputs, output_summary, output_distributions, n_boot: int,
     for the distribution figures) of the metric table's partitions ``inputs`` (files or directories)."""
     parts = partitions(inputs)
     if not parts:
-        raise ValueError(f"no metric table partitions in {list(inputs) if not isinstance(inputs, str) else inputs}")
+        raise ValueError(f"no metric table partitions in {inputs}")
     results = map_partitions(_summarise_partition, parts, workers, n_boot, seed, bootstrap_max_n)
     summary, boxes = _frames([r for s, _ in results for r in s], [r for _, b in results for r in b])
     with atomic_path(output_summary) as tmp:

@@ -691,6 +691,13 @@ def plan_model(config: dict, name: str, spec: dict, info: DataInfo, calibration:
     return plan
 
 
+def _used_datasets(config: dict, workdir: Path, given: dict | None = None) -> dict[str, DataInfo]:
+    """The evaluation split of every data set a model uses (``given``: image counts that override)."""
+    used = dict.fromkeys(spec["dataset"] for spec in config["models"].values())
+    return {d: dataset_info(d, config["datasets"][d], config["cam"]["split"], config["seed"], workdir,
+                            (given or {}).get(d)) for d in used}
+
+
 def make_plan(config: dict, workdir: str | Path = ".", calibrate: bool | Calibration = True,
               images: int | dict | None = None, threads: int = DEFAULT_THREADS) -> Plan:
     """The cost plan of a validated config (schema defaults filled in; see :func:`load_config`).
@@ -709,9 +716,7 @@ def make_plan(config: dict, workdir: str | Path = ".", calibrate: bool | Calibra
     if unknown:
         raise PlanError(f"images given for {unknown}, which are not data sets of the config "
                         f"({', '.join(config['datasets'])})")
-    used = dict.fromkeys(spec["dataset"] for spec in config["models"].values())
-    datasets = {d: dataset_info(d, config["datasets"][d], config["cam"]["split"], config["seed"], workdir,
-                                given.get(d)) for d in used}
+    datasets = _used_datasets(config, workdir, given)
     models = [plan_model(config, name, spec, datasets[spec["dataset"]], calibrate, threads)
               for name, spec in config["models"].items()]
     disk = defaultdict(float)
@@ -729,9 +734,7 @@ def metric_row_bound(config: dict, workdir: str | Path = ".") -> int | None:
     """An upper bound on the metric table's rows (evaluation images x methods x metrics x levels per model)
     from the data sets' sizes alone, no model built; None where a data set's size cannot be told yet."""
     try:
-        used = dict.fromkeys(spec["dataset"] for spec in config["models"].values())
-        images = {d: dataset_info(d, config["datasets"][d], config["cam"]["split"], config["seed"], Path(workdir)).images
-                  for d in used}
+        images = {d: info.images for d, info in _used_datasets(config, Path(workdir)).items()}
     except (OSError, ValueError, KeyError):
         return None
     if any(n is None for n in images.values()):

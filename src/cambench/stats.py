@@ -28,7 +28,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
-from .tables import Partition, partitions, read_block
+from .tables import Partition, map_partitions, partitions, read_block
 from .utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,15 @@ STATS_OUTPUTS = ("friedman", "posthoc", "kruskal", "mixed_model")
 PAIRED_MIN_SHARE = 0.5
 
 
-def _compared(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the metrics that differ between methods (compare=False ones, e.g. flip_rate, do not)."""
+def _is_compared(metric: str) -> bool:
+    """Whether a metric differs between methods (compare=False ones, e.g. flip_rate, do not)."""
     from .metrics import METRICS
-    compared = [m for m in table["metric"].unique() if m not in METRICS or METRICS.get(m).meta.get("compare", True)]
-    return table[table["metric"].isin(compared)]
+    return metric not in METRICS or METRICS.get(metric).meta.get("compare", True)
+
+
+def _compared(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the metrics that differ between methods."""
+    return table[table["metric"].isin([m for m in table["metric"].unique() if _is_compared(m)])]
 
 
 @contextlib.contextmanager
@@ -234,16 +238,15 @@ def _posthoc_tests(tests) -> tuple[str, ...]:
 
 def posthoc_rows(key: tuple, wide: pd.DataFrame, tests=POSTHOC_TESTS) -> list[dict]:
     """The post-hoc rows of one block (``key`` = BLOCK_KEYS; ``wide`` images x sorted methods)."""
-    rows = []
     methods = list(wide.columns)
     n, k = wide.shape
     base = dict(zip(BLOCK_KEYS, key), n=n, k=k, mean_ranks="", note="", statistic=np.nan, p=np.nan,
                 p_adj=np.nan, effect_size=np.nan, design="paired", family="block")
     if k < 2 or n < 2:
-        rows += [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
-                      effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
-                 for test in tests]
-        return rows
+        return [dict(base, test=test, groups=",".join(methods), note="needs >= 2 methods and >= 2 complete blocks",
+                     effect_name="rank_biserial" if test == "wilcoxon" else "mean_rank_difference")
+                for test in tests]
+    rows = []
     first, second = np.triu_indices(k, 1)
     pairs = [f"{methods[i]},{methods[j]}" for i, j in zip(first, second)]
     values = wide.to_numpy(dtype=float)
@@ -476,7 +479,7 @@ def _mixed_model_metrics(metrics, available) -> list[str] | None:
 def image_subsample(image_ids, max_images: int | None, seed: int) -> set | None:
     """The images a mixed model is fitted on: None (all) when there are at most ``max_images``, else the
     ``max_images`` whose CRC-32 of "<seed>/<image id>" is smallest: a seeded random sample that is the same
-    set for every kind and metric of a model (README, "The reduce side at scale")."""
+    set for every kind and metric of a model (README, "The metric table at scale")."""
     ids = np.unique(np.asarray(image_ids, dtype=str))
     if max_images is None or len(ids) <= max_images:
         return None
@@ -537,11 +540,6 @@ def _mixed_finish(rows: list[dict], alpha: float) -> pd.DataFrame:
 # ------------------------------------------------------------------------- the rule: block by block
 
 BLOCK_READ = ["method", "image_id", "value"]
-
-
-def _is_compared(metric: str) -> bool:
-    from .metrics import METRICS
-    return metric not in METRICS or METRICS.get(metric).meta.get("compare", True)
 
 
 def _partition_tests(part: Partition, tests: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
@@ -608,7 +606,6 @@ def run_statistics(inputs, outputs: dict[str, str], alpha: float = 0.05, mixed_m
     missing = [name for name in STATS_OUTPUTS if name not in outputs]
     if missing:
         raise ValueError(f"outputs: expected paths for {list(STATS_OUTPUTS)}, missing {missing}")
-    from .aggregate import map_partitions
     parts = partitions(inputs)
     present = {m for p in parts for m in p.metrics}
     chosen = _mixed_model_metrics(mixed_model_metrics, present)

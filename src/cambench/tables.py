@@ -1,4 +1,4 @@
-"""The tidy metric table as a partitioned parquet data set (docs: README, "The metric table").
+"""The tidy metric table as a partitioned parquet data set (README, "The metric table at scale").
 
 One file per (dataset, model, perturbation kind, level), written by the join of that level's metric shards::
 
@@ -15,6 +15,7 @@ refuse files that also hold them, and the key columns inside each file keep thei
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,6 @@ import pyarrow.parquet as pq
 
 from .utils import atomic_path
 
-TABLE_ROOT = "results/metrics"
 METRIC_COLUMNS = ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
                   "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
 PARTITION_KEYS = ("dataset", "model", "perturbation", "level")
@@ -124,19 +124,14 @@ def read_block(part: Partition, metric: str, columns: list[str] | None = None) -
     return pq.read_table(part.path, columns=columns, filters=filters).to_pandas()
 
 
-def read_table(paths, columns: list[str] | None = None, perturbation: str | None = None,
-               models=None, metrics=None) -> pd.DataFrame:
-    """The rows of the partitions in ``paths`` (files or directories) as one frame, optionally only one
-    perturbation kind, some models, some metrics: for small tables and selections (tests, the paper
-    tables' clean rows); the reduce stages read block by block."""
-    frames = []
-    for part in partitions(paths):
-        if (perturbation is not None and part.perturbation != perturbation) or \
-                (models is not None and part.model not in models):
-            continue
-        for metric in part.metrics if metrics is None else [m for m in part.metrics if m in metrics]:
-            frames.append(read_block(part, metric, columns))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or METRIC_COLUMNS)
+def map_partitions(function, items: list, workers: int, *args) -> list:
+    """``function(item, *args)`` for every item (a partition or a group of them), in order: inline for one
+    worker, else in a process pool, one item per task, so each worker holds one item's blocks at a time."""
+    if workers <= 1 or len(items) <= 1:
+        return [function(item, *args) for item in items]
+    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        futures = [pool.submit(function, item, *args) for item in items]
+        return [f.result() for f in futures]
 
 
 def write_csv(paths, output: str | Path) -> int:
