@@ -379,7 +379,7 @@ def test_repo_mask_equals_the_codes_steps_and_mostly_agrees_with_pil_resizing():
 
 
 def test_all_zero_cam_gives_full_eps_in_blue_only():
-    """methods.md §6.21: jet(0) = (0, 0, 0.5): z = √2 in blue, −1/√2 in red and green."""
+    """docs/reliability.md §2.21: jet(0) = (0, 0, 0.5): z = √2 in blue, −1/√2 in red and green."""
     z = repo_zscores(torch.zeros(2, 4, 4), (16, 16))
     torch.testing.assert_close(z[:, 2], torch.full((2, 16, 16), math.sqrt(2), dtype=torch.float64))
     torch.testing.assert_close(z[:, :2], torch.full((2, 2, 16, 16), -1 / math.sqrt(2), dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""AME-CAM (methods.md §2.15): the multi-exit architecture, its two training phases, the method."""
+"""AME-CAM (docs/methods.md §2.15): the multi-exit architecture, its two training phases, the method."""
 import numpy as np
 import pytest
 import torch

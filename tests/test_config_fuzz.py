@@ -1,7 +1,7 @@
 """A structural fuzz of config/config.yaml: every leaf mutated (wrong type, out-of-range number, unknown
 name) must be refused by the config validation the workflow runs before any job, and the message must
 name the mutated key. Bounds are declared once, on the registered method / metric / perturbation /
-architecture (``bounds=`` of its registration, README "Configuration"); these tests hold them to it."""
+architecture (``bounds=`` of its registration, docs/configuration.md); these tests hold them to it."""
 import copy
 from pathlib import Path
 

@@ -192,7 +192,7 @@ def test_without_a_mapping_classes_are_the_annotated_wnids_and_without_annotatio
 # ------------------------------------------------------------------------------------------------
 
 def real_photos(folder: Path) -> list[Path]:
-    """The real photographs shipped in installed packages (/work/shared/docs/real-data.md), as files."""
+    """The real photographs shipped in installed packages (docs/datasets.md §9), as files."""
     folder.mkdir(parents=True)
     photos = []
     if importlib.util.find_spec("sklearn"):

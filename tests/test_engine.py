@@ -57,7 +57,7 @@ def _cam_over_z(model, x):
 
 
 def test_gradient_methods_equal_cam_on_gap_linear_heads(gapnet, images):
-    """methods.md identity 1: pre-ReLU Grad-CAM = XGrad-CAM = CAM / Z for GAP + linear."""
+    """docs/reliability.md §2.1: pre-ReLU Grad-CAM = XGrad-CAM = CAM / Z for GAP + linear."""
     expected = _cam_over_z(gapnet, images).detach()
     result = cambench.explain_many(gapnet, images, ["gradcam", "xgradcam"], "features")
     torch.testing.assert_close(result.raw["gradcam"], expected, rtol=1e-5, atol=1e-6)
@@ -66,7 +66,7 @@ def test_gradient_methods_equal_cam_on_gap_linear_heads(gapnet, images):
 
 
 def test_gradcampp_weights_on_gap_linear_heads(gapnet, images):
-    """methods.md identity 5: weight = w / (2 + w S/Z) for w > 0, else 0."""
+    """docs/reliability.md §2.5: weight = w / (2 + w S/Z) for w > 0, else 0."""
     inputs = capture(gapnet, images, gapnet.features, None)
     from cambench.methods.gradient import gradcampp
     weights = gradcampp(inputs, eps=0.0)

@@ -85,7 +85,7 @@ def test_every_method_equals_the_out_of_place_network(case):
 
 def test_gradient_methods_equal_grad_cam_on_the_normalised_input(case):
     """grad-cam runs on the out-of-place copy's ``net`` (on CPU it keeps the hooked tensor itself, which an
-    in-place op would rewrite; README, differences from grad-cam). Eigen-CAM: grad-cam does not correct the
+    in-place op would rewrite; docs/methods.md §4). Eigen-CAM: grad-cam does not correct the
     SVD's sign, so every image is aligned to grad-cam's sign and post-processed again."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

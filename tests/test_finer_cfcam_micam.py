@@ -1,4 +1,4 @@
-"""Finer-CAM, CF-CAM and MI-CAM (methods.md §2.10, §2.12, §2.13; identities §6.10, §6.12)."""
+"""Finer-CAM, CF-CAM and MI-CAM (docs/methods.md §2.10, §2.12, §2.13; identities docs/reliability.md §2.10, §2.12)."""
 import math
 import warnings
 

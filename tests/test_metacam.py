@@ -53,7 +53,7 @@ def top_k_numpy(maps: np.ndarray, k: float) -> np.ndarray:
 
 @pytest.mark.parametrize("name,k", [("gradcam", 10.0), ("gradcam", 37.5), (PLANTED, 10.0), (PLANTED, 80.0)])
 def test_single_component_gated_mean_is_the_component_masked_to_its_top_k(gapnet, images, name, k):
-    """methods.md identity 11."""
+    """docs/reliability.md §2.11."""
     c = component_maps(gapnet, images, [name])[0]
     expected = c * top_k_numpy(c, k)
     res = cambench.explain_many(gapnet, images, {"metacam": dict(components=[name], k=k)}, "features")

@@ -1,4 +1,4 @@
-"""Perturbation, activation and multi-layer CAMs: oracles, identities (methods.md §6), 3D, known answers."""
+"""Perturbation, activation and multi-layer CAMs: oracles, identities (docs/reliability.md §2), 3D, known answers."""
 import numpy as np
 import pytest
 import torch
@@ -104,7 +104,7 @@ def test_layercam_max_fusion_is_at_the_finest_resolution_and_one_backward(gapnet
 
 
 # ------------------------------------------------------------------------------------------------
-# Identities (methods.md §6)
+# Identities (docs/reliability.md §2)
 # ------------------------------------------------------------------------------------------------
 
 def test_cam_equals_gradient_methods_times_z_on_gap_linear_heads(gapnet, images):

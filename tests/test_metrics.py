@@ -13,7 +13,7 @@ from conftest import ConstantModel, RegionModel
 
 
 def test_deletion_auc_of_an_input_independent_model_is_that_constant():
-    """methods.md identity 16."""
+    """docs/reliability.md §2.16."""
     x = torch.rand(3, 3, 8, 8)
     p = torch.softmax(torch.tensor([1.0, 2.0, 0.5]), 0)[1]
     for maps in (torch.rand(3, 8, 8), torch.zeros(3, 8, 8)):
@@ -57,7 +57,7 @@ def _point(y, x, size=64):
 
 
 def test_pointing_game_tolerance():
-    """methods.md identity 13: on a GT pixel hits; 14 px away hits, 16 px away misses (15 px)."""
+    """docs/reliability.md §2.13: on a GT pixel hits; 14 px away hits, 16 px away misses (15 px)."""
     mask = torch.zeros(1, 64, 64, dtype=torch.bool)
     mask[0, 30, 10] = True
     pg = lambda m, tol=15.0: cambench.evaluate(None, torch.zeros(1, 3, 64, 64), m, "pointing_game",  # noqa: E731

@@ -1,4 +1,4 @@
-"""Box localisation (Grad-CAM's protocol, papers.md §1) and HD95 (AME-CAM's, papers.md §11): connected
+"""Box localisation (Grad-CAM's protocol, docs/papers.md §1) and HD95 (AME-CAM's, docs/papers.md §11): connected
 components, largest components and boxes against scipy.ndimage, known box IoUs, and HD95 against a
 scipy reference written here from medpy's definition (surfaces by binary erosion, Euclidean distance
 transforms, np.percentile of the union of both directed distance sets)."""

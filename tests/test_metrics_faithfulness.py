@@ -1,5 +1,5 @@
 """Faithfulness metrics: deletion / insertion (RISE), Average Drop / Increase / Gain, Finer-CAM RD and
-the street-scene ablation measure. Known answers on planted data, methods.md §6 identities, and
+the street-scene ablation measure. Known answers on planted data, docs/reliability.md §2 identities, and
 agreement with independent references (scipy for RISE's blur, a RISE-style per-image loop for the
 curves, pytorch-grad-cam's cam_mult_image metrics for the explanation-image scores)."""
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_blur_3d_and_reflect_padding_match_scipy():
 @pytest.mark.parametrize("substrate", ["blur", "mean", "zero"])
 @pytest.mark.parametrize("dims", [2, 3])
 def test_curves_of_an_input_independent_model_are_that_constant(substrate, dims):
-    """methods.md identity 16, for every substrate, 2D and 3D."""
+    """docs/reliability.md §2.16, for every substrate, 2D and 3D."""
     shape = (3, 3) + ((8, 8) if dims == 2 else (4, 6, 5))
     x = torch.rand(shape)
     p = torch.softmax(torch.tensor([1.0, 2.0, 0.5]), 0)[1]
@@ -235,7 +235,7 @@ def test_insertion_blur_padding_and_substrates_change_the_start():
 # --------------------------------------------------------------------------------------------
 
 def test_all_ones_map_gives_no_drop_no_increase():
-    """methods.md identity 15, both multiply spaces, 2D and 3D."""
+    """docs/reliability.md §2.15, both multiply spaces, 2D and 3D."""
     for model, x, fill in [(small_cnn(), torch.rand(4, 3, 16, 16), FILL),
                            (small_cnn3d(), torch.rand(3, 1, 8, 8, 8), torch.tensor([0.5]))]:
         ones = torch.ones((x.shape[0],) + x.shape[2:])
@@ -279,7 +279,7 @@ def _grad_cam_oracle(model, tensor, maps, targets):
     drop = DropInConfidence()(tensor, cams, tg, model)
     increase = IncreaseInConfidence()(tensor, cams, tg, model)
     change = CamMultImageConfidenceChange()(tensor, cams, tg, model)
-    # methods.md §3.3 pitfall: grad-cam's drop is absolute and a fraction; divide by Y, in %
+    # docs/metrics.md §3 pitfall: grad-cam's drop is absolute and a fraction; divide by Y, in %
     return {"average_drop": 100 * drop / y, "increase_in_confidence": 100 * increase,
             "average_gain": 100 * np.maximum(change, 0) / y}
 

@@ -1,4 +1,4 @@
-"""Localisation (methods.md §3.8-§3.10) and complexity (§3.12) metrics: known answers on planted
+"""Localisation (docs/metrics.md §7 to §10) and complexity (docs/metrics.md §12) metrics: known answers on planted
 masks, the identities of §6.14/18/19, and agreement with independent references (scikit-image's
 Otsu, scipy's entropy, pytorch-grad-cam's ARCC Complexity, and NumPy transcriptions of Quantus's
 RelevanceMassAccuracy / RelevanceRankAccuracy / Sparseness, since installing Quantus would pull

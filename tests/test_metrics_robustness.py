@@ -147,7 +147,7 @@ def test_max_sensitivity_of_a_model_that_ignores_small_noise_is_zero(images):
 
 
 def test_axioms_on_gap_linear_known_answers(net, images):
-    """methods.md §6.3: conservation residual |b_c| / |y_c|, sensitivity residual 0 (Grad-CAM, XGrad-CAM)."""
+    """docs/reliability.md §2.3: conservation residual |b_c| / |y_c|, sensitivity residual 0 (Grad-CAM, XGrad-CAM)."""
     logits = net(images)
     targets = logits.argmax(1)
     y = logits.gather(1, targets[:, None]).squeeze(1)
@@ -212,7 +212,7 @@ def test_cascade_order_and_scopes(net):
 
 
 def test_mprt_model_independent_control_keeps_similarity_one(net, images, monkeypatch):
-    """methods.md §6.20: an explanation that ignores the model keeps similarity 1."""
+    """docs/reliability.md §2.20: an explanation that ignores the model keeps similarity 1."""
     from cambench.metrics import sanity
     monkeypatch.setattr(sanity, "explained_batches",
                         lambda x, methods, imgs, model=None: iter([(slice(None), {m: imgs.mean(dim=1) for m in methods})]))

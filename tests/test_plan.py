@@ -233,7 +233,7 @@ def load(name: str) -> dict:
 
 
 def test_shipped_configs_plan_with_the_readme_counts():
-    """Stand-in counts as the README's tables give them (test items per data set)."""
+    """Stand-in counts as docs/datasets.md §10 gives them (test items per data set)."""
     expected = {"config.yaml": {"shapes": 80},
                 "domains.yaml": {"cifar10": 300, "cifake": 100, "mosmed": 24, "ct_dicom": 16, "brats": 136,
                                  "street": 120, "shapes": 60},

@@ -212,7 +212,7 @@ def test_the_csv_is_a_default_output_of_small_runs_only(tmp_path):
     from workflow_helpers import ROOT, copy_workflow, snakemake
     default = load_config("config/config.yaml", ROOT)
     rows = metric_row_bound(default, tmp_path)
-    # the default run wrote 118,983 metric rows (README); the bound counts every metric for every method
+    # the default run wrote 118,983 metric rows (BENCHMARKS.md); the bound counts every metric for every method
     assert 118_983 <= rows <= default["metrics"]["csv_max_rows"]
     paper = load_config("config/paper.yaml", ROOT)
     assert metric_row_bound(paper, tmp_path) > 500_000_000   # ~90 GB as CSV: not a default output

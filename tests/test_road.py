@@ -40,7 +40,7 @@ WEIGHTS_3D = {(a, b, c): 1 / (a * a + b * b + c * c)
 @pytest.mark.parametrize("shape,mode", [((2, 3, 9, 11), "slicewise"), ((2, 2, 4, 6, 5), "slicewise"),
                                         ((2, 2, 4, 6, 5), "3d")])
 def test_constant_image_is_imputed_exactly(shape, mode):
-    """methods.md identity 17: σ = 0, constant image, at least one kept pixel -> the constant."""
+    """docs/reliability.md §2.17: σ = 0, constant image, at least one kept pixel -> the constant."""
     torch.manual_seed(0)
     images = torch.full(shape, 0.37)
     removed = torch.rand((shape[0],) + shape[2:]) < 0.8

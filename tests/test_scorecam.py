@@ -187,7 +187,7 @@ def test_constant_channel_is_scored_with_the_baseline_image():
     """A dead (exactly constant) channel has an all-zero mask: its score is that of the baseline
     image (every pixel the normalisation mean), no NaN, and the map is not zeroed. pytorch-grad-cam
     instead min-max normalises the up-sampling round-off of the constant map into a full-range mask
-    (README, differences from pytorch-grad-cam)."""
+    (docs/methods.md §4)."""
     model = dead_channel_model()
     torch.manual_seed(2)
     x = torch.rand(4, 3, 32, 32)

@@ -1,7 +1,7 @@
 """Attributes of input files are data, never code; determinism is switched on in every job; GPU
 jobs take distinct devices.
 
-The other security cases live beside the code they guard (README, "Reliability and security"):
+The other security cases live beside the code they guard (docs/reliability.md §5):
 the CIFAR restricted unpickler (test_data_cifar.py), weights_only checkpoints (test_models.py,
 test_models_zoo.py), names that would become paths (test_config.py), HTML escaping (test_report.py
 and the Chromium test in test_workflow.py)."""

@@ -1,4 +1,4 @@
-"""SyCAM (methods.md §2.14, our reading): grammar, parser, evaluator, search and the method."""
+"""SyCAM (docs/methods.md §2.14, our reading): grammar, parser, evaluator, search and the method."""
 import math
 from collections import OrderedDict
 

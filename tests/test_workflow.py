@@ -129,7 +129,7 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
 
 
 def test_identical_maps_get_identical_metric_values(workdir):
-    """Behind tiny_cnn's GAP + linear head Grad-CAM and XGrad-CAM give the same maps (methods.md §6.1),
+    """Behind tiny_cnn's GAP + linear head Grad-CAM and XGrad-CAM give the same maps (docs/reliability.md §2.1),
     so every map-driven metric must agree per image (a cache keyed by id() once broke this for ROAD)."""
     table = pd.read_parquet(workdir / "results/metrics")
     table = table[(table.model == "tiny_cnn") & table.metric.isin(

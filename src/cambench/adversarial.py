@@ -1,4 +1,4 @@
-"""Adversarial perturbations: FGSM, L∞ PGD, and PART's CAM-reweighted PGD (methods.md §3.5, §4).
+"""Adversarial perturbations: FGSM, L∞ PGD, and PART's CAM-reweighted PGD (docs/metrics.md §13.2).
 
 All three are untargeted attacks on the ground-truth labels: they increase the cross-entropy of
 ``labels`` under the model. ``level`` is ε in units of 1/255 on [0, 1] pixels (level 8 = 8/255),
@@ -47,7 +47,7 @@ RANDOM_START_STREAM = 4  # generator stream of the random starts (the noise kind
 # Peak memory of one image's forward + backward (activations kept for the input gradient), in
 # multiples of the image's bytes; only sizes chunks (ResNet-50 at 224 px keeps ~160x its input).
 BACKWARD_MEMORY_FACTOR = 160
-TORCHCAM_NORM_EPS = 1e-8  # torchcam's min-max epsilon (methods.md §1.1): PART's CAMs come from torchcam
+TORCHCAM_NORM_EPS = 1e-8  # torchcam's min-max epsilon (docs/methods.md §1.1): PART's CAMs come from torchcam
 MASK_MODES = ("auto", "intent", "repo")
 
 # matplotlib's jet (matplotlib._cm._jet_data): per channel, (x, value) nodes of a piecewise-linear curve.
@@ -250,7 +250,7 @@ def part_eps_map(model: nn.Module, images: Tensor, target_layer, eps: float, eps
                  method: str = "gradcam", mask_mode: str = "auto", tau: float = 0.5,
                  memory_mb: float = 1024.0) -> Tensor:
     """PART's element-wise budget (N, C, *S): ``eps`` where the CAM of the predicted class on the
-    clean ``images`` marks the element, ``eps_low`` elsewhere (methods.md §4 step 4)."""
+    clean ``images`` marks the element, ``eps_low`` elsewhere (docs/metrics.md §13.2)."""
     from .engine import explain_many  # lazy: the engine imports the method registry
 
     mode = _resolve_mask_mode(mask_mode, images)
@@ -275,7 +275,7 @@ def part_eps_map(model: nn.Module, images: Tensor, target_layer, eps: float, eps
 def part_pgd(x: AttackInputs, *, method: str = "gradcam", mask_mode: str = "auto", tau: float = 0.5,
              eps_low_ratio: float = 7 / 8, steps: int = 10, step_ratio: float = 0.25, random_start: bool = True,
              memory_mb: float = 1024.0) -> Tensor:
-    """PART's PGD with the per-element budget of :func:`part_eps_map` (methods.md §4).
+    """PART's PGD with the per-element budget of :func:`part_eps_map` (docs/metrics.md §13.2).
 
     ``method``: the registered CAM method (torchcam's Grad-CAM in PART); class = the model's
     prediction on the clean image. ``mask_mode``: 'repo', 'intent' [our-reading] or 'auto' (repo for

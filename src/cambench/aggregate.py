@@ -1,5 +1,5 @@
 """The metric summary (means with confidence intervals) and the per-image distributions' box statistics,
-block by block over the partitioned metric table (``cambench.tables``; README, "The metric table at scale").
+block by block over the partitioned metric table (``cambench.tables``; docs/outputs.md §2.2).
 
 A *block* is one (dataset, model, perturbation kind, level, metric); a summary *group* is one method of a
 block. Each group's bootstrap has its own seed, drawn from the run's seed and the group's key, so its
@@ -61,7 +61,7 @@ def bootstrap_mean_ci(values: np.ndarray, classes: np.ndarray | None, n_boot: in
 
 def bootstrap_robustness_ci(values: np.ndarray, unchanged: np.ndarray, n_boot: int, rng: np.random.Generator,
                             level: float = CI_LEVEL) -> tuple[float, float, float]:
-    """``2CR / (C + R)`` (README, "Metrics") and its percentile bootstrap CI, images resampled jointly;
+    """``2CR / (C + R)`` (docs/metrics.md §5) and its percentile bootstrap CI, images resampled jointly;
     NaN when one of the two groups is empty."""
     point = combine_robustness(values, unchanged)
     if np.isnan(point):

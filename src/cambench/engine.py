@@ -26,7 +26,7 @@ from .utils import eval_mode, upsample
 METHODS = Registry("method")
 register_method = METHODS.register
 
-NORM_EPS = 1e-7  # pytorch-grad-cam's epsilon in min-max normalisation (methods.md §1.1)
+NORM_EPS = 1e-7  # pytorch-grad-cam's epsilon in min-max normalisation (docs/methods.md §1.1)
 
 # Bits of the per-image flag written next to every heatmap.
 FLAG_CONSTANT = 1   # the map had no spread (constant before normalisation) -> stored as zeros
@@ -37,7 +37,7 @@ FLAG_COUNTS = {FLAG_CONSTANT: "n_constant", FLAG_NONFINITE: "n_nonfinite",
                FLAG_NONPOSITIVE_SCORE: "n_nonpositive_score"}
 
 Targets = None | Tensor | Sequence[int] | Callable[[Tensor], Tensor] | Callable[[Tensor, Tensor], Tensor]
-"""What each map explains (README, "Python API"):
+"""What each map explains (docs/methods.md §1.2):
 
 * ``None``: the predicted class; a tensor / sequence of N class indices: one class per image.
 * ``fn(logits, image_index) -> (M,)``, a callable with two required positional parameters: the

@@ -170,7 +170,7 @@ def _ground_truth(params: pd.Series) -> str:
 
 
 def gradcam_localisation(paper: Paper, summary, table, models, n_boot, seed, box_iou_threshold: float = 0.5) -> list[dict]:
-    """Grad-CAM's ILSVRC errors (papers.md §1), in %, per method, beside the pointing game:
+    """Grad-CAM's ILSVRC errors (docs/papers.md §1), in %, per method, beside the pointing game:
 
     - localisation error top-1 = 100 (1 - mean(prediction == label and box IoU >= 0.5));
     - localisation error top-5 = 100 (1 - mean(label_rank <= 5 and box IoU >= 0.5)): the paper boxes
@@ -373,7 +373,7 @@ def metacam_ensembles(dataset_path, model_path, output, *, components: list[str]
                       target_layer: str, images: int, batch_size: int, memory_mb: float, seed: int,
                       device: str = "auto", k_grid: list[float] | None = None) -> pd.DataFrame:
     """ROAD (combined) of the MetaCAM map of every subset of ``components`` on the first ``images``
-    images of ``split``, and each component's Cumulative Residual Effect (methods.md §2.11); ``k``
+    images of ``split``, and each component's Cumulative Residual Effect (docs/methods.md §2.11); ``k``
     'adaptive' chooses each image's k from ``k_grid`` (the method's grid when None)."""
     import torch
 

@@ -10,7 +10,7 @@ axis, is the axial one); the model's own first layer normalises them. Every pert
 shape and dtype, returns values in [0, 1], and is the exact identity at level 0. ``max_level`` (in
 each entry's meta, read by ``config.LEVEL_LIMITS``) is the largest meaningful level.
 
-Severity conventions (methods.md §3.5, papers.md §8; the parametrisations are [our-reading]: the
+Severity conventions (docs/metrics.md §13.1, docs/papers.md §8; the parametrisations are [our-reading]: the
 paper's noise definitions and grids are not known). Larger level = stronger perturbation.
 
 =================  =====================================================================  =========
@@ -19,7 +19,7 @@ kind               level                                                        
 gaussian           σ of additive N(0, σ²) noise on [0, 1] pixels; clipped                 1
 shot (Poisson)     y = level² · Poisson(x / level²): photon scale s = 1/level² counts at   1
                    white, so the noise std at intensity x is level·√x (= level at white).
-                   methods.md's scale grid {60, 25, 12, 5, 3} is level = 1/√s ≈ {0.129,
+                   the scale grid {60, 25, 12, 5, 3} is level = 1/√s ≈ {0.129,
                    0.2, 0.289, 0.447, 0.577}; level 1 = one expected photon at white
 salt_and_pepper    fraction of elements replaced, half by 0 and half by 1, decided per       1
                    element (every channel of every pixel on its own, as skimage's
@@ -43,10 +43,10 @@ brightness         y = clip(x + level): every element shifted up by level (Image
 contrast           y = x + level·(m − x) = (x − m)(1 − level) + m, m the mean of each image   1
                    and channel over its spatial axes; level 1 = the flat mean image
 fgsm               ε = level/255 (level 8 = 8/255): x + ε·sign(∇x CE(model(x), label)),        255
-                   clipped; one step (methods.md §3.5's grid {1, 2, 4, 8})
+                   clipped; one step (the grid {1, 2, 4, 8} of docs/metrics.md §13.1)
 pgd                ε = level/255: L∞ PGD, ``steps`` (10) steps of ``step_ratio``·ε (0.25),    255
                    keyed random start in [−ε, ε] (``random_start``), project, then clamp
-part_pgd           ε = level/255: PART's PGD (methods.md §4) with budget ε on the elements a  255
+part_pgd           ε = level/255: PART's PGD (docs/metrics.md §13.2) with budget ε on the elements a  255
                    CAM of the predicted class marks and ε_low = ``eps_low_ratio``·ε (7/8)
                    elsewhere; ``mask_mode`` repo (jet, 3-channel 2D) / intent [our-reading]
 =================  =====================================================================  =========

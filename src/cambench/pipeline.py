@@ -114,8 +114,7 @@ def model_normalisation(architecture: str, params: dict, train: dict, dataset_me
     ``params.mean``/``params.std`` win. Otherwise torchvision architectures get ImageNet's (their
     builder's default: what pretrained weights expect). Other architectures are trained on the
     dataset's own statistics; an evaluation-only 'module:function' model (``train.epochs`` 0) gets
-    the identity (mean 0, std 1): its function is taken to normalise its input itself (README,
-    "Explain a pretrained classifier").
+    the identity (mean 0, std 1): its function is taken to normalise its input itself (docs/models.md §2).
     """
     if "mean" in params or "std" in params:
         return {}

@@ -94,7 +94,7 @@ class Work:
     __rmul__ = __mul__
 
     def equivalents(self, head_fraction: float) -> float:
-        """Forward-equivalents by FLOPs (README, "Planning a full run"): a backward is two forwards, a
+        """Forward-equivalents by FLOPs (docs/cluster.md §3): a backward is two forwards, a
         head replay its share of a forward's FLOPs."""
         return self.forward + BACKWARD_FORWARDS * self.backward + head_fraction * self.head
 
@@ -780,7 +780,7 @@ def _levels_text(levels: list[tuple[str, float]]) -> str:
 
 def format_plan(plan: Plan) -> str:
     """The plan as text: a table per model, the totals, and warnings."""
-    out = ["cambench plan: an estimate, before any job runs (README, \"Planning a full run\")", ""]
+    out = ["cambench plan: an estimate, before any job runs (docs/cluster.md §3)", ""]
     for m in plan.models:
         info = m.data
         head = f"== {m.model} ({m.architecture}) on {m.dataset}: "

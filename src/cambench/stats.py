@@ -479,7 +479,7 @@ def _mixed_model_metrics(metrics, available) -> list[str] | None:
 def image_subsample(image_ids, max_images: int | None, seed: int) -> set | None:
     """The images a mixed model is fitted on: None (all) when there are at most ``max_images``, else the
     ``max_images`` whose CRC-32 of "<seed>/<image id>" is smallest: a seeded random sample that is the same
-    set for every kind and metric of a model (README, "The metric table at scale")."""
+    set for every kind and metric of a model (docs/outputs.md §2.2)."""
     ids = np.unique(np.asarray(image_ids, dtype=str))
     if max_images is None or len(ids) <= max_images:
         return None

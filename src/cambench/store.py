@@ -98,7 +98,7 @@ def _finite(t) -> np.ndarray:
 
 def label_ranks(logits: Tensor, labels: Tensor) -> Tensor:
     """(N,) int64: 1 + the number of classes whose logit is strictly greater than the label's, so
-    ties share the better rank (top-5 = rank <= 5, Grad-CAM's top-5 errors, papers.md §1)."""
+    ties share the better rank (top-5 = rank <= 5, Grad-CAM's top-5 errors, docs/papers.md §1)."""
     return 1 + (logits > logits.gather(1, labels[:, None])).sum(dim=1)
 
 

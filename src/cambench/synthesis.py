@@ -1,4 +1,4 @@
-"""SyCAM: metric-guided synthesis of CAM channel-weight expressions (methods.md §2.14).
+"""SyCAM: metric-guided synthesis of CAM channel-weight expressions (docs/methods.md §2.14).
 
 Everything in this module is [our-reading]: the paper's code is not public. An expression over
 per-channel *terminals* (each an ``(N, K)`` tensor computed batched from a :class:`CamInputs`)

@@ -1,4 +1,4 @@
-"""The tidy metric table as a partitioned parquet data set (README, "The metric table at scale").
+"""The tidy metric table as a partitioned parquet data set (docs/outputs.md §2.2).
 
 One file per (dataset, model, perturbation kind, level), written by the join of that level's metric shards::
 

@@ -1,6 +1,6 @@
 """The report's answer (rule verdict) and the report's size budget (rules gallery, report_tables).
 
-Verdict, per dataset x model x metric family (README, "Figures and the report"), on the clean images
+Verdict, per dataset x model x metric family (docs/statistics.md §6), on the clean images
 (robustness also at each perturbation kind's strongest level, where the clean-vs-perturbed metrics
 exist):
 
@@ -49,7 +49,7 @@ CLEAN = ("none", 0.0)
 IDENTITY_TOL = 1e-3          # float16 maps in [0, 1] store 2^-11 steps: two roundings of one map stay within 1e-3
 FEW_IMAGES = 30              # below this many images a 95 % CI is wide and a paired test weak
 TEST = "wilcoxon"
-# The GAP + linear head identity (README, "Identities you can see in the table"; docs/methods.md §6.1)
+# The GAP + linear head identity (docs/reliability.md §2.1)
 GAP_IDENTITY = {"cam", "gradcam", "xgradcam", "hirescam"}
 VERDICT_COLUMNS = ["dataset", "model", "perturbation", "level", "metric_family", "metrics", "best", "score",
                    "n_metrics", "best_values", "not_different", "different", "better_somewhere", "test", "design",

@@ -11,7 +11,7 @@ mapping CSV) are ignored. Only the configured ``modalities`` and the seg file ar
 volumes are 240×240×155, 1 mm isotropic, skull-stripped and co-registered to one template (SRI24);
 seg labels are 0 background, 1 necrotic core (NCR), 2 oedema (ED), 4 enhancing tumour (ET).
 
-Reading (papers.md §11, the code's ``gen_dataset.py``; "our reading" where marked):
+Reading (docs/papers.md §11, the code's ``gen_dataset.py``; "our reading" where marked):
 
 * **Orientation.** Arrays are taken as stored in the NIfTI file (``dataobj``, scaling applied),
   never reoriented: BraTS cases share one template grid, so one array axis means one anatomical

@@ -2,7 +2,7 @@
 the PIL image, bit for bit, and the same geometry applied to masks (nearest neighbour) and boxes.
 
 Pretrained ImageNet classifiers expect the images they were evaluated on (resize 256, crop 224); the
-masks and boxes of the ground truth must land on the same pixels (README, "Datasets").
+masks and boxes of the ground truth must land on the same pixels (docs/datasets.md §1).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Street View-style accident hotspot images (papers.md §12) and a synthetic street-scene stand-in.
+"""Street View-style accident hotspot images (docs/papers.md §12) and a synthetic street-scene stand-in.
 
 Layout read (the real Street View images are not redistributable; bring your own)::
 

@@ -1,4 +1,4 @@
-"""Gradient-free CAMs from one forward pass: CAM and the Eigen-CAM family (methods.md §2.1, §2.9)."""
+"""Gradient-free CAMs from one forward pass: CAM and the Eigen-CAM family (docs/methods.md §2.1, §2.9)."""
 from __future__ import annotations
 
 import torch

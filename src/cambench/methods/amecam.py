@@ -1,4 +1,4 @@
-"""AME-CAM: attentive aggregation of a multi-exit model's exit maps (methods.md §2.15).
+"""AME-CAM: attentive aggregation of a multi-exit model's exit maps (docs/methods.md §2.15).
 
 Not a post-hoc method: it reads the exits and the trained aggregator of a ``multi_exit_cnn``
 model (cambench.models.multi_exit). Cost: one extra forward pass (every stage's exit), no

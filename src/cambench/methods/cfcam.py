@@ -1,4 +1,4 @@
-"""CF-CAM, Cluster Filter CAM (He, Pan, Yao; methods.md §2.12), batched over the images of a batch.
+"""CF-CAM, Cluster Filter CAM (He, Pan, Yao; docs/methods.md §2.12), batched over the images of a batch.
 
 Per image: the channels with the largest L2 norms keep their Grad-CAM weight; the others are
 clustered with DBSCAN, each cluster's mean gradient is filtered and its spatial mean becomes the

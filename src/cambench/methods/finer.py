@@ -1,4 +1,4 @@
-"""Finer-CAM: explain what separates the target class from its most similar classes (methods.md §2.10).
+"""Finer-CAM: explain what separates the target class from its most similar classes (docs/methods.md §2.10).
 
 The target score y^c is replaced by a contrast with reference classes d_t (the classes whose
 logits are closest to y^c) and any registered CAM is run on that target: gradient methods get

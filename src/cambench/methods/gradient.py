@@ -2,7 +2,7 @@
 
 Channel-weight methods return (N, K); the engine forms sum_k w_k A^k, applies ReLU, normalisation
 and up-sampling. Element-wise methods return the signed map. Sums run over every spatial axis, so
-all work in 2D and 3D (methods.md §2.2-2.6).
+all work in 2D and 3D (docs/methods.md §2.2 to §2.6).
 """
 from __future__ import annotations
 

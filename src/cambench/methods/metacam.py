@@ -1,6 +1,6 @@
-"""MetaCAM (Kaczmarek et al., arXiv 2307.16863; methods.md §2.11): consensus of the top-k % pixels.
+"""MetaCAM (Kaczmarek et al., arXiv 2307.16863; docs/methods.md §2.11): consensus of the top-k % pixels.
 
-Only the abstract is published; everything here is **our reading** of it (methods.md tags it so):
+Only the abstract is published; everything here is **our reading** of it (docs/methods.md §6):
 
 * components: the CAMs pytorch-grad-cam offered in mid-2023. FullGrad is not implemented in
   cambench (it needs the biases of every layer, not one target layer), so the default is the
@@ -34,7 +34,7 @@ from ..metrics import METRICS, MetricInputs, evaluate
 from ..metrics.road import percentile
 from ..registry import UnknownNameError, nested_params
 
-# The pytorch-grad-cam CAMs of July 2023 (methods.md §2.11) that cambench implements; FullGrad is not.
+# The pytorch-grad-cam CAMs of July 2023 (docs/methods.md §2.11) that cambench implements; FullGrad is not.
 DEFAULT_COMPONENTS = ("gradcam", "hirescam", "gradcam_elementwise", "gradcampp", "xgradcam", "ablationcam",
                       "scorecam", "eigencam", "eigengradcam", "layercam")
 CONSENSUS = ("gated_mean", "vote")
@@ -233,7 +233,7 @@ def metacam(x: CamInputs, components: list = DEFAULT_COMPONENTS, component_param
             metric_params: dict | None = None) -> Tensor:
     """Consensus map (N, *S) at input resolution of the top-k % pixels of ``components``.
 
-    Parameters (all our reading, methods.md §2.11): ``components`` registered method names (default:
+    Parameters (all our reading, docs/methods.md §2.11): ``components`` registered method names (default:
     the ten of the paper's eleven CAMs that cambench has; FullGrad is not implemented);
     ``component_params`` name -> parameters of a component; ``consensus`` 'gated_mean' or 'vote';
     ``k`` 'adaptive' (the default: the paper's adaptive thresholding) or a fixed top-k percentage
@@ -354,7 +354,7 @@ def ensemble_sweep(model: nn.Module, images: Tensor, target_layer: nn.Module | s
 
 def cumulative_residual_effect(scores: Mapping[frozenset, float], components: Sequence[str],
                                mode: str = "residual") -> dict[str, float]:
-    """CRE per component from a table of ensemble scores (methods.md §2.11, our reading).
+    """CRE per component from a table of ensemble scores (docs/methods.md §2.11, our reading).
 
     ``residual``: ``CRE_m = Σ_s RE_m(s)``, ``RE_m(s)`` = mean score of the size-s subsets with m
     minus that of the size-s subsets without m, over the sizes where both exist (s < number of

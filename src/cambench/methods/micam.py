@@ -1,5 +1,5 @@
 """MI-CAM: channel weights from the mutual information between each up-sampled activation map and
-the input image (methods.md §2.13). Every step is the project's own reading of the abstract.
+the input image (docs/methods.md §2.13). Every step is the project's own reading of the abstract.
 
 Histograms of all (image, channel) pairs of a chunk are built at once with one ``bincount`` over
 combined bin indices, on the images' device.

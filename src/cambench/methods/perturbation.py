@@ -1,4 +1,4 @@
-"""Perturbation CAMs: channel weights from batched model evaluations (methods.md §2.7, §2.8).
+"""Perturbation CAMs: channel weights from batched model evaluations (docs/methods.md §2.7, §2.8).
 
 Masked inputs (Score-CAM) or ablated activations (Ablation-CAM) of every image and channel are
 stacked into rows ``(image, channel)`` and evaluated chunk by chunk, the chunk sized by the

@@ -1,4 +1,4 @@
-"""SyCAM: channel weights from a synthesised expression over CAM terminals (methods.md §2.14).
+"""SyCAM: channel weights from a synthesised expression over CAM terminals (docs/methods.md §2.14).
 
 The grammar, the evaluator and the search live in :mod:`cambench.synthesis`; this module only
 registers the method. Everything here is [our-reading] (the paper's code is not public).

@@ -1,4 +1,4 @@
-"""XGrad-CAM's axioms as measurable residuals (Fu et al., BMVC 2020; methods.md §3.6).
+"""XGrad-CAM's axioms as measurable residuals (Fu et al., BMVC 2020; docs/metrics.md §6).
 
 On the un-normalised, pre-ReLU map at feature resolution ``M = sum_k w_k A^k`` and the target
 logit ``S`` (the score the gradients are taken of):

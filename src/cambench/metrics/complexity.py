@@ -1,4 +1,4 @@
-"""How concentrated a heatmap is, from the map alone (methods.md §3.12): Gini sparseness, entropy
+"""How concentrated a heatmap is, from the map alone (docs/metrics.md §12): Gini sparseness, entropy
 complexity and pytorch-grad-cam's mean activation. Each sees the map flattened to a vector of
 length n; none needs the model or a mask."""
 from __future__ import annotations

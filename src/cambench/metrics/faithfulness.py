@@ -1,11 +1,11 @@
 """Faithfulness metrics: how the model's score responds when salient pixels are removed or kept.
 
-* ``deletion_auc`` / ``insertion_auc``: RISE's causal curves (methods.md §3.2);
+* ``deletion_auc`` / ``insertion_auc``: RISE's causal curves (docs/metrics.md §2);
 * ``average_drop``, ``increase_in_confidence``, ``average_gain``: the explanation image E = L ⊙ x
   (Grad-CAM++ paper, §3.3);
 * ``relative_drop``: Finer-CAM's relative confidence drop RD@5% (§3.4, our reading);
 * ``ablation_area``, ``ablation_drop``, ``ablation_flip``: the street-scene ablation measure
-  (papers.md §12, our reading).
+  (docs/papers.md §12, our reading).
 
 Every composite image is built on the device for the whole batch; model evaluations are chunked
 by :func:`chunk_size`. Images are in pixel space: "the dataset mean colour" (``x.fill``) is RISE's
@@ -195,7 +195,7 @@ def _check_steps(steps: int, metric: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Deletion and insertion (methods.md §3.2)
+# Deletion and insertion (docs/metrics.md §2)
 # --------------------------------------------------------------------------------------------
 
 _DOC_CURVE = """
@@ -256,7 +256,7 @@ insertion_auc.__doc__ = f"""RISE insertion: start from the substrate (default th
 
 
 # --------------------------------------------------------------------------------------------
-# Average Drop, Increase in Confidence, Average Gain (methods.md §3.3)
+# Average Drop, Increase in Confidence, Average Gain (docs/metrics.md §3)
 # --------------------------------------------------------------------------------------------
 
 def explanation_scores(x: MetricInputs, multiply_space: str, score: str, metric: str) -> tuple[Tensor, Tensor]:
@@ -346,7 +346,7 @@ average_gain.__doc__ = f"""Average Gain, the later papers' "Average Increase" va
 
 
 # --------------------------------------------------------------------------------------------
-# Finer-CAM relative confidence drop (methods.md §3.4)
+# Finer-CAM relative confidence drop (docs/metrics.md §4)
 # --------------------------------------------------------------------------------------------
 
 @register_metric("relative_drop", bounds={"fractions": "each (0, 1]", "mask_value": ("mean", "zero"),
@@ -357,7 +357,7 @@ average_gain.__doc__ = f"""Average Gain, the later papers' "Average Increase" va
                          "(our reading)")
 def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = "mean",
                   reference_class: str = "rank1", score: str = "prob") -> Tensor:
-    """Finer-CAM relative confidence drop [our reading of the whole procedure, methods.md §3.4].
+    """Finer-CAM relative confidence drop [our reading of the whole procedure, docs/metrics.md §4].
 
     Mask the ``ceil(f * P)`` most salient pixels (voxels; ties keep the pixel order), then
     ``RD = (p^c - p^c_*) - (p^d - p^d_*)``, * after masking, c the target and d the reference
@@ -369,7 +369,7 @@ def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = 
     (default, the dataset mean colour = 0 in normalised space, as the re-implementations) or
     'zero' (black). ``reference_class``: 'rank1' (default: the highest-scoring class other than
     the target on the clean image, Finer-CAM's most similar class) or 'mean_top3' (the mean
-    drop of the three highest non-target classes; with fewer classes, all of them). methods.md
+    drop of the three highest non-target classes; with fewer classes, all of them). docs/metrics.md §4
     calls this key ``rd.reference``; here it is ``reference_class`` because ``reference`` is the
     metric inputs' clean-heatmap field. ``score``: 'prob' (default) or 'logit'.
     """
@@ -402,7 +402,7 @@ def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = 
 
 
 # --------------------------------------------------------------------------------------------
-# Street-scene ablation measure (papers.md §12, our reading)
+# Street-scene ablation measure (docs/papers.md §12, our reading)
 # --------------------------------------------------------------------------------------------
 
 def _ablation_region(x: MetricInputs, threshold: float, metric: str) -> Tensor:
@@ -432,7 +432,7 @@ _DOC_ABLATION = """
     The region R is the pixels (voxels) whose map value is >= ``threshold`` (default 0.5) [our
     reading of the paper's AP-feature extraction]. R is filled with ``substrate``: 'blur'
     (default; the same Gaussian-blurred image as the insertion substrate, ``blur_padding`` as
-    there) or 'mean' (the dataset mean colour); papers.md calls this key ``accident.fill``.
+    there) or 'mean' (the dataset mean colour); docs/papers.md §12 calls this key ``accident.fill``.
 """
 
 
@@ -445,7 +445,7 @@ def _ablation_cost(p: dict, layer: dict) -> list:
                  needs=(), higher_is_better=None, family="faithfulness",
                  summary="fraction of the image whose map is >= threshold (street-scene ablated region)")
 def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
-    """Street-scene ablation measure, area part [our reading, papers.md §12]: the fraction of
+    """Street-scene ablation measure, area part [our reading, docs/papers.md §12]: the fraction of
     pixels in R = {map >= ``threshold``} (default 0.5). No model needed. Smaller is a more compact
     explanation, but neither direction is better in itself (``higher_is_better`` None); the
     paper reports 9.61 % on average."""
@@ -474,14 +474,14 @@ def ablation_flip(x: MetricInputs, threshold: float = 0.5, substrate: str = "blu
     return (after.argmax(dim=1) != x.targets).float(), applies
 
 
-ablation_drop.__doc__ = f"""Street-scene ablation measure, score part [our reading, papers.md §12]:
+ablation_drop.__doc__ = f"""Street-scene ablation measure, score part [our reading, docs/papers.md §12]:
     ``s_c(x) - s_c(x with R filled)``, c the target. On a 2-class hotspot model with the hotspot
     class as target and ``score='prob'`` this equals the increase of P(non-hotspot), the quantity
     the paper reports ("x % more likely to be classified as non-hotspot"); higher is better.
     ``score``: 'prob' (default) or 'logit'.
 
     Parameters:{_DOC_ABLATION}"""
-ablation_flip.__doc__ = f"""Street-scene ablation measure, flip part [our reading, papers.md §12]: 1 if the
+ablation_flip.__doc__ = f"""Street-scene ablation measure, flip part [our reading, docs/papers.md §12]: 1 if the
     prediction on the image with R filled is no longer the target, else 0; defined (applies) only
     where the clean prediction is the target, so the mean is the fraction of, e.g., hotspot images
     flipped away from hotspot.

@@ -1,4 +1,4 @@
-"""Localisation metrics against ground-truth masks (methods.md §3.7-§3.10)."""
+"""Localisation metrics against ground-truth masks (docs/metrics.md §7 to §10)."""
 from __future__ import annotations
 
 import itertools
@@ -44,7 +44,7 @@ def pointing_game(x: MetricInputs, tolerance_px: float = 15.0) -> tuple[Tensor, 
 
 
 # ------------------------------------------------------------------------------------------------
-# Mass-based scores (methods.md §3.8, §3.10) and binarised overlap (§3.9)
+# Mass-based scores (docs/metrics.md §8, §10) and binarised overlap (docs/metrics.md §9)
 # ------------------------------------------------------------------------------------------------
 
 THRESHOLDS = ("frac", "percentile", "otsu")
@@ -222,7 +222,7 @@ def dice(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_pe
 
 
 # ------------------------------------------------------------------------------------------------
-# Connected components, boxes and surfaces on (N, H, W) / (N, D, H, W) batches (methods.md §3.9)
+# Connected components, boxes and surfaces on (N, H, W) / (N, D, H, W) batches (docs/metrics.md §9)
 # ------------------------------------------------------------------------------------------------
 
 # Neighbourhood sizes accepted per number of spatial axes, with the "rank" of each: the largest
@@ -430,7 +430,7 @@ def _box_params(params: dict, inputs: set[str]) -> dict:
                          "ground-truth boxes of the label class (or the mask's box)")
 def box_iou(x: MetricInputs, threshold: float = 0.15, connectivity: int | None = None,
             gt_box: str = "auto") -> tuple[Tensor, Tensor]:
-    """Grad-CAM's weakly supervised localisation (papers.md §1, methods.md §3.9), as an IoU per image.
+    """Grad-CAM's weakly supervised localisation (docs/papers.md §1, docs/metrics.md §9), as an IoU per image.
 
     The map is binarised at ``threshold`` × its maximum (0.15, our reading of the paper's 15 %; the
     CAM protocol uses 0.2), the largest connected component is kept (``connectivity`` 4 / 8 in 2D,
@@ -583,7 +583,7 @@ def surface_hd95(prediction: Tensor, truth: Tensor, connectivity: int | None = N
 def hd95(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_percent: float = 20.0,
          bins: int = 256, connectivity: int | None = None, one_empty: float = 373.12866,
          empty_masks: str = "skip") -> tuple[Tensor, Tensor]:
-    """AME-CAM's HD95 (papers.md §11; medpy ``hd95`` with spacing 1) between B = map >= tau (the
+    """AME-CAM's HD95 (docs/papers.md §11; medpy ``hd95`` with spacing 1) between B = map >= tau (the
     thresholds of :func:`iou` / :func:`dice`, see :func:`binarise`) and the mask; see :func:`surface_hd95`
     for the surfaces (``connectivity`` None = medpy's default, faces) and the distances.
 

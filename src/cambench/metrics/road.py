@@ -1,4 +1,4 @@
-"""ROAD, Remove And Debias (Rong et al., ICML 2022; methods.md §3.1).
+"""ROAD, Remove And Debias (Rong et al., ICML 2022; docs/metrics.md §1).
 
 Pixels ranked by the heatmap are removed and filled by **noisy linear imputation**: every removed
 pixel equals the weighted mean of its in-image neighbours (weights 1/6 edge, 1/12 diagonal), known

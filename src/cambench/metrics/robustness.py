@@ -1,4 +1,4 @@
-"""Robustness of heatmaps to input perturbations (methods.md §3.5).
+"""Robustness of heatmaps to input perturbations (docs/metrics.md §5).
 
 Sarkar et al. (arXiv 2508.18154) name two properties of a robust CAM: **consistency** (the map stays
 similar when the perturbation leaves the prediction unchanged) and **responsiveness** (it changes
@@ -157,7 +157,7 @@ def top_mask(maps: Tensor, top_percent: float) -> Tensor:
 
 
 def topk_iou(a: Tensor, b: Tensor, top_percent: float = 20.0) -> Tensor:
-    """IoU of the two maps' top ``top_percent`` % pixel sets (default 20 %, methods.md §3.5)."""
+    """IoU of the two maps' top ``top_percent`` % pixel sets (default 20 %, docs/metrics.md §5)."""
     ma, mb = top_mask(a, top_percent), top_mask(b, top_percent)
     return ((ma & mb).sum(1).double() / (ma | mb).sum(1).double()).float()
 
@@ -227,7 +227,7 @@ def flip_rate(x: MetricInputs) -> Tensor:
 
 def combine_robustness(values: np.ndarray, unchanged: np.ndarray) -> float:
     """``2CR / (C + R)`` from per-image ``noise_robustness`` values and the unchanged-prediction mask;
-    NaN when either group is empty (then Rob is undefined, methods.md §3.5) or C + R = 0."""
+    NaN when either group is empty (then Rob is undefined, docs/metrics.md §5) or C + R = 0."""
     if unchanged.all() or not unchanged.any():
         return math.nan
     c, r = values[unchanged].mean(), values[~unchanged].mean()

@@ -1,4 +1,4 @@
-"""Model-parameter randomisation sanity check (Adebayo et al., NeurIPS 2018; methods.md §3.11).
+"""Model-parameter randomisation sanity check (Adebayo et al., NeurIPS 2018; docs/metrics.md §11).
 
 Cascading randomisation: starting at the logits and moving toward the input, re-initialise each
 layer that has parameters, keeping the earlier randomisations, and explain the same images for the
@@ -16,7 +16,7 @@ batch-norm running statistics are reset with them. ``scope``: ``all`` (the full 
 CAM uses but not its activations) or ``below`` (the target layer and everything before it; the
 head stays trained). Cascading and the similarity (``spearman_abs`` by default, as Quantus; also
 ``ssim``, ``pearson``, ``spearman``, ``cosine``, ``topk_iou``) follow the paper and Quantus; the
-scopes are our reading of the CAM-specific note of methods.md.
+scopes are our reading of the CAM-specific note in docs/metrics.md §11.
 
 A constant map (no spread: all zeros after the engine's min-max, flag bit 1 in the heatmap file), either
 the original or the randomised one, has no rank order to compare: its Spearman/Pearson similarity would be

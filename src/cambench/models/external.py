@@ -5,7 +5,7 @@
   ``Sequential(normalize=Normalize(mean, std), net=<torchvision model>)`` so that they take pixel
   images in [0, 1] like every cambench model. Their layers are therefore named ``net.<name>``
   (``net.layer4``, ``net.features.29``). Default normalisation: ImageNet's mean and std. SyCAM
-  (papers.md §5) used ResNet-50, VGG-16 and VGG-19.
+  (docs/papers.md §5) used ResNet-50, VGG-16 and VGG-19.
 * ``module:function`` (:func:`resolve_architecture`): any importable function (or class) that
   returns an ``nn.Module``.
 * :func:`load_weights`: weights from a local file, read with ``torch.load(weights_only=True)`` only.

@@ -1,6 +1,6 @@
 """Multi-exit CNN with an attentive exit aggregator: the trained architecture behind AME-CAM.
 
-methods.md §2.15 (Chen, Hu, Shi, Ho; MICCAI 2023; code ``windstormer/AME-CAM``). One module holds
+docs/methods.md §2.15 (Chen, Hu, Shi, Ho; MICCAI 2023; code ``windstormer/AME-CAM``). One module holds
 everything AME-CAM needs, so one cambench checkpoint stores it:
 
 * a small_cnn-like backbone of L stages (conv 3x3 + BN + ReLU each, 2x max-pool before the first
@@ -158,7 +158,7 @@ class MultiExitCNN(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Contrastive loss of the aggregator (methods.md §2.15 step 4; the code's loss.py)
+# Contrastive loss of the aggregator (docs/methods.md §2.15 step 4; the code's loss.py)
 # --------------------------------------------------------------------------------------------
 
 def _cosine(a: Tensor, b: Tensor) -> Tensor:

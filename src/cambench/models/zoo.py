@@ -5,12 +5,12 @@ module ``normalize`` standardises them, and the output is (N, n_classes) logits 
 the prediction. Heads of global average pooling + linear set ``model.cam_fc_layer`` so that CAM
 (Zhou et al.) applies.
 
-* ``cifake_cnn`` -- papers.md §9. The paper's exact best topology is not known; this is the
+* ``cifake_cnn`` -- docs/papers.md §9. The paper's exact best topology is not known; this is the
   project's stand-in: 2 conv layers of 32 filters 3x3 (valid padding, as Keras' default) with
   ReLU and 2x2 max-pool, one dense layer and a sigmoid output unit.
-* ``small_cnn3d`` -- papers.md §10. CovidNet3D's searched nets end in 3D GAP + linear, so plain CAM
+* ``small_cnn3d`` -- docs/papers.md §10. CovidNet3D's searched nets end in 3D GAP + linear, so plain CAM
   gives a D x H x W map; this is a tiny 3D CNN of that kind for the stand-in volumes.
-* ``attention_cnn`` -- papers.md §12 (v2): "a new attention module (channel-, point- and
+* ``attention_cnn`` -- docs/papers.md §12 (v2): "a new attention module (channel-, point- and
   spatial-wise attention) on top of CNN backbones". The module's exact form is not published;
   ours is our reading: squeeze-excitation channel gate, a 1x1-conv point-wise gate and a
   CBAM-style spatial gate, applied one after the other.
@@ -46,7 +46,7 @@ def _normalize(in_channels: int, mean: list[float] | None, std: list[float] | No
 
 
 # --------------------------------------------------------------------------------------------
-# cifake_cnn (papers.md §9)
+# cifake_cnn (docs/papers.md §9)
 # --------------------------------------------------------------------------------------------
 
 class SigmoidAsTwoLogits(nn.Module):
@@ -120,7 +120,7 @@ def cifake_cnn(n_classes: int = 2, in_channels: int = 3, mean: list[float] | Non
 
 
 # --------------------------------------------------------------------------------------------
-# small_cnn3d (papers.md §10)
+# small_cnn3d (docs/papers.md §10)
 # --------------------------------------------------------------------------------------------
 
 def _block3d(c_in: int, c_out: int) -> nn.Sequential:
@@ -153,7 +153,7 @@ def small_cnn3d(n_classes: int, in_channels: int = 1, mean: list[float] | None =
 
 
 # --------------------------------------------------------------------------------------------
-# attention_cnn (papers.md §12)
+# attention_cnn (docs/papers.md §12)
 # --------------------------------------------------------------------------------------------
 
 class ChannelAttention(nn.Module):
