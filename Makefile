@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: setup setup-test run papers domains test lint bench clean
+.PHONY: setup setup-test run papers domains test lint bench docs clean
 
 # The run needs only the runtime requirements; the tests add their oracles (grad-cam, captum, ...).
 $(STAMP): requirements.txt pyproject.toml
@@ -40,11 +40,17 @@ domains: setup
 test: setup-test
 	$(PY) -m pytest -q
 
+# ruff (pyproject [tool.ruff]: pyflakes, pycodestyle, import order; 120 columns) and Snakemake's linter.
 lint: setup-test
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/snakemake --lint
 
 bench: setup
 	$(PY) benchmarks/cam_engine.py
+
+# docs/configuration.md from config/schema.yaml and the registries (tests/test_docs.py checks it is current).
+docs: setup
+	$(PY) -m cambench.configdoc
 
 clean:
 	rm -rf results resources .snakemake

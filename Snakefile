@@ -33,5 +33,5 @@ include: "rules/plan.smk"
 
 rule all:
     input:
-        all_outputs(),
+        targets.all_outputs(config, METRICS_CSV),
     default_target: True

@@ -17,13 +17,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # grad-cam draws a progress bar per 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision
+from cam_engine import timed_interleaved
 
 import cambench
 from cambench.engine import capture
 from cambench.inference import inference_copy
 from cambench.provenance import device_description
-
-from cam_engine import timed_interleaved
 
 LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "vgg16": "features.29"}
 

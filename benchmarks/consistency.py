@@ -17,12 +17,11 @@ import os
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cam_engine import timed_interleaved_results
 from skimage.metrics import structural_similarity
 
 import cambench
 from cambench.provenance import device_description
-
-from cam_engine import timed_interleaved_results
 
 
 def map_pairs(n: int, size: tuple[int, ...], coarse: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

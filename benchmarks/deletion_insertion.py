@@ -22,12 +22,11 @@ import numpy as np
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
+from cam_engine import timed_interleaved
 
 import cambench
 from cambench.models import build_model
 from cambench.provenance import device_description
-
-from cam_engine import timed_interleaved
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 SIZE = 64

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import torch
+from job_inputs import default_metric_job
 
 from cambench.pipeline import compute_metrics
 from cambench.provenance import device_description
 from cambench.scripting import set_deterministic
-from job_inputs import default_metric_job
 
 
 def main():
@@ -31,14 +31,14 @@ def main():
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        job = default_metric_job(tmp, args.device)
+        inputs = default_metric_job(tmp, args.device)  # the paths and the MetricJob
         print(f"device: {device_description(torch.device(args.device))}")
         seconds = {True: [], False: []}
         for round_ in range(args.rounds):
             for deterministic in (True, False):
                 set_deterministic(deterministic)
                 start = time.perf_counter()
-                compute_metrics(output=tmp / f"metrics-{deterministic}.parquet", **job)
+                compute_metrics(output=tmp / f"metrics-{deterministic}.parquet", **inputs)
                 seconds[deterministic].append(time.perf_counter() - start)
                 print(f"round {round_}: deterministic={deterministic}: {seconds[deterministic][-1]:.1f} s", flush=True)
         ratio = statistics.mean(seconds[True]) / statistics.mean(seconds[False])

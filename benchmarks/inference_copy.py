@@ -11,12 +11,11 @@ import argparse
 
 import torch
 import torchvision
+from cam_engine import timed_interleaved
 
 from cambench.inference import inference_copy
 from cambench.models import build_model
 from cambench.provenance import device_description
-
-from cam_engine import timed_interleaved
 
 CASES = [("small_cnn", 64, 64), ("small_cnn", 64, 512), ("resnet18", 224, 13), ("resnet50", 224, 16)]
 

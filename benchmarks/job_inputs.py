@@ -6,20 +6,21 @@ import copy
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-import yaml
-
 from cambench.config import validate_config
+from cambench.data import write_standin
+from cambench.jobs import HeatmapJob, MetricJob, job_params
 from cambench.models import build_model, save_checkpoint
-from cambench.pipeline import compute_heatmaps, generate_standin, prepare_dataset
+from cambench.pipeline import compute_heatmaps, prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def standin_job_inputs(folder: Path, standin: dict, architecture: str, params: dict) -> tuple[Path, Path, nn.Module]:
     """(dataset.h5, model.pt, the model in eval mode) in ``folder``; seeds 0 for the images and the weights."""
-    generate_standin(folder / "standin", copy.deepcopy(standin), seed=0)
+    write_standin(folder / "standin", copy.deepcopy(standin), seed=0)
     data, checkpoint = folder / "dataset.h5", folder / "model.pt"
     prepare_dataset("imagefolder", folder / "standin" / "data", data, mask_root=folder / "standin" / "masks")
     torch.manual_seed(0)
@@ -32,20 +33,20 @@ def default_metric_job(folder: Path, device: str) -> dict:
     """The default config's clean-level metric job for ``shapes_cnn``, ready to run: its stand-in
     test images (80), a random-weight checkpoint and the clean heatmaps of every method the job can
     explain alone (SyCAM's expression comes from a search rule and AME-CAM needs the multi-exit
-    model: both left out). Returns ``compute_metrics``' keyword arguments but ``output``."""
+    model: both left out). Returns ``compute_metrics``' keyword arguments but ``output``: the paths and
+    ``job`` (a MetricJob)."""
     config = validate_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()),
                              ROOT / "config" / "schema.yaml", ROOT)
     (name, dataset), = config["datasets"].items()
-    spec, cam, met = config["models"]["shapes_cnn"], config["cam"], config["metrics"]
+    spec, cam = config["models"]["shapes_cnn"], config["cam"]
     methods = {m: p for m, p in cam["methods"].items() if m not in ("sycam", "amecam")}
     params = {"n_classes": len(dataset["standin"]["classes"]), **spec.get("params", {})}
-    common = dict(perturbation="none", level=0.0, split=cam["split"], seed=config["seed"], device=device)
+    # The settings the rules take from the config, plus this job's (docs/design.md §4).
+    common = dict(model="shapes_cnn", perturbation="none", level=0.0, device=device)
     standin = {**dataset["standin"], "counts": {**dataset["standin"]["counts"], "train": 1}}
     data, checkpoint, _ = standin_job_inputs(folder, standin, spec["architecture"], params)
     heatmaps = folder / "heatmaps.h5"
-    compute_heatmaps(data, checkpoint, heatmaps, methods=methods, target_layer=spec["target_layer"],
-                     class_source=cam["class_source"], batch_size=cam["batch_size"], dtype=cam["dtype"],
-                     memory_mb=cam["memory_mb"], **common)
+    compute_heatmaps(data, checkpoint, heatmaps,
+                     HeatmapJob.from_params(job_params(HeatmapJob, config, methods=methods, **common)))
     return dict(dataset_path=data, model_path=checkpoint, heatmaps_path=heatmaps, clean_heatmaps_path=heatmaps,
-                metrics=met["compute"], score=met["score"], memory_mb=met["memory_mb"], dataset=name,
-                model="shapes_cnn", batch_size=cam["batch_size"], **common)
+                job=MetricJob.from_params(job_params(MetricJob, config, dataset=name, **common)))

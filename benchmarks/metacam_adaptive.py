@@ -17,7 +17,7 @@ import torch
 
 import cambench
 from cambench.data import read_dataset
-from cambench.pipeline import _load_model
+from cambench.pipeline import load_model
 
 GRIDS = {  # label -> metacam parameters (the default config's choice is the last)
     "k = 10 (fixed)": {"k": 10},
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    net, _ = _load_model(args.model, torch.device("cpu"))
+    net, _ = load_model(args.model, torch.device("cpu"))
     images = torch.from_numpy(read_dataset(args.dataset, "test").images[:args.images]).float()
     print(f"{args.images} images, {args.threads} thread(s), layer {args.layer}; CPU seconds of explain_many")
     maps = {}

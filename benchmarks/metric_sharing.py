@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from job_inputs import default_metric_job
 
 import cambench.pipeline as pipeline
 from cambench.metrics import METRICS
 from cambench.provenance import device_description
-from job_inputs import default_metric_job
 
 
 def main():
@@ -57,14 +57,14 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        job = default_metric_job(tmp, args.device)
+        inputs = default_metric_job(tmp, args.device)  # the paths and the MetricJob
         print(f"device: {device_description(torch.device(args.device))}")
         seconds, tables = defaultdict(list), {}
         for round_ in range(args.rounds):
             for mode in ("unshared", "shared"):
                 pipeline.evaluate_applies = timed(mode)
                 start = time.perf_counter()
-                tables[mode] = pipeline.compute_metrics(output=tmp / f"metrics-{mode}.parquet", **job)
+                tables[mode] = pipeline.compute_metrics(output=tmp / f"metrics-{mode}.parquet", **inputs)
                 seconds[mode].append(time.perf_counter() - start)
                 print(f"round {round_}: {mode}: {seconds[mode][-1]:.1f} s", flush=True)
         pipeline.evaluate_applies = evaluate_applies

@@ -35,14 +35,15 @@ from pathlib import Path
 
 import torch
 import yaml
+from job_inputs import standin_job_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from cambench.config import perturbation_sweep, validate_config
+from cambench.jobs import HeatmapJob, MetricJob, job_params
 from cambench.metrics import METRICS
 from cambench.pipeline import compute_heatmaps, compute_metrics, perturbed_pixels, read_shard
 from cambench.provenance import device_description
-from job_inputs import standin_job_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # The kinds whose jobs differ in model work: the clean level (no robustness metrics), a noise kind
@@ -122,7 +123,7 @@ def main():
     config["device"] = args.device
     config = validate_config(config, ROOT / "config" / "schema.yaml", ROOT)
     sweep = {kind: (levels, params) for kind, levels, params in perturbation_sweep(config)}
-    cam, met = config["cam"], config["metrics"]
+    cam = config["cam"]
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -150,17 +151,14 @@ def main():
                     per_image[kind, job] = per_image["none", job] + equiv
                 print(f"{kind:<10} {'perturb':<9} {equiv:16,.1f}   (each job = clean + this)")
                 continue
-            common = dict(perturbation=kind, level=level, split=cam["split"], seed=config["seed"],
-                          device=args.device, perturbation_params=pparams)
+            # The rules' settings from the config (its device is --device), plus this level's.
+            common = dict(model=model_name, perturbation=kind, level=level, perturbation_params=pparams)
+            heatmap_job = HeatmapJob.from_params(job_params(HeatmapJob, config, methods=cam["methods"], **common))
+            metric_job = MetricJob.from_params(job_params(MetricJob, config, dataset=name, **common))
             jobs = {
-                "heatmaps": lambda: compute_heatmaps(
-                    data, checkpoint, heat, methods=cam["methods"], target_layer=model_spec["target_layer"],
-                    class_source=cam["class_source"], batch_size=cam["batch_size"], dtype=cam["dtype"],
-                    memory_mb=cam["memory_mb"], **common),
-                "metrics": lambda: compute_metrics(
-                    data, checkpoint, heat, tmp / "none.h5", tmp / f"{kind}.parquet", metrics=met["compute"],
-                    score=met["score"], memory_mb=met["memory_mb"], dataset=name, model=model_name,
-                    batch_size=cam["batch_size"], **common),
+                "heatmaps": lambda: compute_heatmaps(data, checkpoint, heat, heatmap_job),
+                "metrics": lambda: compute_metrics(data, checkpoint, heat, tmp / "none.h5", tmp / f"{kind}.parquet",
+                                                   metric_job),
             }
             for job, fn in jobs.items():
                 by_metric = {}
@@ -170,7 +168,8 @@ def main():
                 print(f"{kind:<10} {job:<9} {equiv:16,.0f} {seconds / args.images:13.2f}")
                 if kind == "none" and job == "metrics":  # where the metric job's work goes
                     for metric, part in sorted(by_metric.items(), key=lambda kv: -kv[1]):
-                        print(f"{'':<10} {metric or '(outside metrics)':<24} {part / forward_flops / args.images:9,.0f}")
+                        share = part / forward_flops / args.images
+                        print(f"{'':<10} {metric or '(outside metrics)':<24} {share:9,.0f}")
 
     levels_of = {kind: len(levels) for kind, (levels, _) in sweep.items()}
     adversarial = {"fgsm", "pgd"}
@@ -183,7 +182,8 @@ def main():
           f"({total / (full_images * n_levels):,.0f} per image and level)")
     if args.rate:
         print(f"at {args.rate:,.0f} forward passes per second: {total / args.rate / 3600:,.0f} device-hours "
-              f"(one 1,000-image shard of one level: {total / (full_images * n_levels) * 1000 / args.rate / 3600:.2f} h)")
+              f"(one 1,000-image shard of one level: "
+              f"{total / (full_images * n_levels) * 1000 / args.rate / 3600:.2f} h)")
 
 
 if __name__ == "__main__":

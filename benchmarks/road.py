@@ -21,12 +21,11 @@ import os
 
 import numpy as np
 import torch
+from cam_engine import timed_interleaved_results
 
 import cambench
 from cambench.models import build_model
 from cambench.provenance import device_description
-
-from cam_engine import timed_interleaved_results
 
 PERCENTILES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 

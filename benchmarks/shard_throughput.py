@@ -39,7 +39,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--metric-methods", type=int, default=1)
-    parser.add_argument("--size", type=int, default=224, help="image side (the config's is 224; smaller for a CPU smoke run)")
+    parser.add_argument("--size", type=int, default=224,
+                        help="image side (the config's is 224; smaller for a CPU smoke run)")
     args = parser.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -47,7 +48,8 @@ def main():
     methods, metrics = dict(paper["cam"]["methods"]), paper["metrics"]["compute"]
     methods["cam"] = {**(methods.get("cam") or {}), "fc_layer": "fc"}  # bare torchvision: name the head
     levels = 1 + sum(len(v["levels"] if isinstance(v, dict) else v) for v in paper["perturbations"].values())
-    images_total = sum(c["standin"]["counts"]["test"] * len(c["standin"]["classes"]) for c in paper["datasets"].values())
+    images_total = sum(c["standin"]["counts"]["test"] * len(c["standin"]["classes"])
+                       for c in paper["datasets"].values())
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None).eval().to(dev)
@@ -56,7 +58,8 @@ def main():
     cambench.explain(model, images[:1], "gradcam", "layer4")  # warm-up
     seconds, result = timed(lambda: cambench.explain_many(model, images, methods, "layer4", memory_mb=4096), sync)
     heat_per_image = seconds / args.images
-    print(f"device: {device_description(dev)}; torch {torch.__version__}; {args.images} images, {args.size} px, ResNet-50")
+    print(f"device: {device_description(dev)}; torch {torch.__version__}; {args.images} images, {args.size} px, "
+          "ResNet-50")
     print(f"heatmaps, {len(methods)} methods in one call: {heat_per_image:.2f} s per image")
 
     chosen = list(methods)[:args.metric_methods]

@@ -21,13 +21,13 @@ rule generate_standin:
 # A checkpoint: the number of shards follows from the prepared split's size.
 checkpoint prepare_dataset:
     input:
-        source=dataset_source,
+        source=lambda w: targets.dataset_source(config, w.dataset),
     output:
         "results/{dataset}/dataset.h5",
     params:
-        format=dataset_format,
-        root=image_root,
-        mask_root=mask_root,
+        format=lambda w: targets.format_of(config, w.dataset),
+        root=lambda w: targets.image_root(config, w.dataset),
+        mask_root=lambda w: targets.mask_root(config, w.dataset),
         options=lambda w: DATASETS[w.dataset]["options"],
         channels=lambda w: DATASETS[w.dataset]["channels"],
         classes=lambda w: DATASETS[w.dataset]["classes"],

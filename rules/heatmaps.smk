@@ -9,19 +9,7 @@ rule heatmaps:
     output:
         "results/{dataset}/{model}/heatmaps/{perturbation}~{level}/shard-{shard}.h5",
     params:
-        level=level_of,
-        shard=shard_rows,
-        perturbation_params=perturbation_params,
-        methods=heatmap_methods,
-        target_layer=lambda w: model_spec(w)["target_layer"],
-        split=config["cam"]["split"],
-        class_source=config["cam"]["class_source"],
-        batch_size=config["cam"]["batch_size"],
-        memory_mb=config["cam"]["memory_mb"],
-        dtype=config["cam"]["dtype"],
-        store=config["cam"]["store"],
-        seed=config["seed"],
-        device=config["device"],
+        job=heatmap_job,
     threads: 2
     resources:
         gpu=GPUS_PER_JOB,

@@ -13,16 +13,7 @@ rule metrics:
     output:
         "results/{dataset}/{model}/metrics/{perturbation}~{level}/shard-{shard}.parquet",
     params:
-        level=level_of,
-        shard=shard_rows,
-        perturbation_params=perturbation_params,
-        batch_size=config["cam"]["batch_size"],
-        metrics=config["metrics"]["compute"],
-        score=config["metrics"]["score"],
-        memory_mb=config["metrics"]["memory_mb"],
-        split=config["cam"]["split"],
-        seed=config["seed"],
-        device=config["device"],
+        job=metric_job,
     threads: max(1, min(2, workflow.cores // 2))  # on 2 cores: two metric jobs side by side
     resources:
         gpu=GPUS_PER_JOB,
@@ -54,7 +45,7 @@ rule join_metrics:
 
 rule aggregate_metrics:
     input:
-        metric_files(),
+        targets.metric_files(config),
     output:
         summary="results/tables/metric_summary.csv",  # in the report as a zip (rule report_tables)
         boxes="results/metric_distributions.parquet",  # box statistics for the distribution figures
@@ -77,7 +68,7 @@ rule aggregate_metrics:
 #   snakemake --cores all results/metrics.csv
 rule metrics_csv:
     input:
-        metric_files(),
+        targets.metric_files(config),
     output:
         "results/metrics.csv",
     log:

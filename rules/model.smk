@@ -9,10 +9,7 @@ rule train_model:
         model="results/{dataset}/{model}/model.pt",
         metrics="results/{dataset}/{model}/train.json",
     params:
-        spec=model_spec,
-        eval_split=config["cam"]["split"],
-        seed=config["seed"],
-        device=config["device"],
+        job=training_job,
     # Small CNNs scale poorly past a few threads: on 2 cores two single-thread trainings side by
     # side beat two 2-thread trainings in turn (BENCHMARKS.md).
     threads: max(1, min(4, workflow.cores // 2))
@@ -30,7 +27,7 @@ rule train_model:
 
 rule models_table:
     input:
-        unpack(lambda w: {m: f"results/{d}/{m}/train.json" for d, m in model_pairs()}),
+        unpack(lambda w: {m: f"results/{d}/{m}/train.json" for d, m in targets.model_pairs(config)}),
     output:
         report(
             "results/tables/models.csv",

@@ -6,11 +6,11 @@
 rule paper_tables:
     input:
         summary="results/tables/metric_summary.csv",
-        metrics=metric_files(),
+        metrics=targets.metric_files(config),
         friedman="results/tables/friedman.csv",
         posthoc="results/tables/posthoc.csv",
         kruskal="results/tables/kruskal.csv",
-        ensembles=[f"results/{MODELS[m]['dataset']}/{m}/papers/metacam_ensembles.csv" for m in metacam_models()],
+        ensembles=[f"results/{MODELS[m]['dataset']}/{m}/papers/metacam_ensembles.csv" for m in targets.metacam_models(config)],
     output:
         index=report(
             "results/papers/index.csv",
@@ -27,14 +27,14 @@ rule paper_tables:
                 subcategory=PAPERS[key].citation,
                 labels={"paper": key, "table": PAPERS[key].what[:60]},
             )
-            for key in paper_selection()
+            for key in targets.paper_selection(config)
         ],
     params:
-        papers=paper_selection(),
+        papers=targets.paper_selection(config),
         methods=config["cam"]["methods"],
         bootstrap=config["stats"]["bootstrap"],
         seed=config["seed"],
-        ensemble_models=metacam_models(),
+        ensemble_models=targets.metacam_models(config),
     log:
         "results/logs/paper_tables.log",
     conda:
@@ -98,4 +98,4 @@ rule cifake_figure:
 
 rule paper_figures:
     input:
-        paper_figure_files(),
+        targets.paper_figure_files(config),

@@ -9,7 +9,7 @@ rule verdict:
     input:
         summary="results/tables/metric_summary.csv",
         posthoc="results/tables/posthoc.csv",
-        heatmaps=[f"results/{d}/{m}/heatmaps/none~0.h5" for d, m in model_pairs()],
+        heatmaps=[f"results/{d}/{m}/heatmaps/none~0.h5" for d, m in targets.model_pairs(config)],
     output:
         csv=report(
             "results/tables/verdict.csv",
@@ -27,11 +27,10 @@ rule verdict:
         ),
         summary="results/verdict/verdict_summary.html",  # shown on the landing page (reports/workflow.rst)
     params:
-        pairs=[list(pair) for pair in model_pairs()],
+        pairs=[list(pair) for pair in targets.model_pairs(config)],
         alpha=config["stats"]["alpha"],
         standin={d: spec.get("standin", {}).get("kind", "none") for d, spec in DATASETS.items()},
         methods=config["cam"]["methods"],
-        readme=str(Path(workflow.basedir) / "README.md"),  # its method and metric tables mark our reading
     log:
         "results/logs/verdict.log",
     conda:
@@ -111,7 +110,7 @@ rule gallery:
         split=config["cam"]["split"],
         n_images=config["report"]["gallery_images"],
         max_px=config["report"]["gallery_max_px"],
-        max_bytes=gallery_byte_cap(config["report"]["budget_mb"], len(gallery_files())),
+        max_bytes=gallery_byte_cap(config["report"]["budget_mb"], len(targets.gallery_files(config))),
     log:
         "results/logs/gallery/{dataset}/{model}/{perturbation}~{level}.log",
     conda:
@@ -132,7 +131,7 @@ rule metric_distributions:
             labels={"family": "{family}", "figure": "per-image distributions"},
         ),
     wildcard_constraints:
-        family="faithfulness|robustness|localisation|axioms|sanity|complexity",
+        family="|".join(targets.metric_families()),  # the metric registry's families (docs/metrics.md §15)
     log:
         "results/logs/metric_distributions/{family}.log",
     conda:
@@ -153,7 +152,7 @@ rule robustness_curves:
             labels={"model": "{model}", "figure": "robustness curves"},
         ),
     params:
-        metrics=report_metrics("curve_metrics"),
+        metrics=targets.report_metrics(config, "curve_metrics"),
     log:
         "results/logs/robustness_curves/{model}.log",
     conda:
@@ -194,7 +193,7 @@ rule critical_difference:
             labels={"model": "{model}", "figure": "critical-difference diagrams (clean)"},
         ),
     params:
-        metrics=report_metrics("cd_metrics"),
+        metrics=targets.report_metrics(config, "cd_metrics"),
         alpha=config["stats"]["alpha"],
     log:
         "results/logs/critical_difference/{model}.log",
@@ -227,7 +226,7 @@ rule rank_heatmap:
 
 rule provenance:
     input:
-        provenance_inputs(),
+        targets.provenance_inputs(config, METRICS_CSV),
     output:
         json="results/provenance/provenance.json",
         html=report(

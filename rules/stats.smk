@@ -6,7 +6,7 @@
 
 rule statistics:
     input:
-        metric_files(),
+        targets.metric_files(config),
     output:
         # embedded in the report zipped, within report.budget_mb (rule report_tables)
         friedman="results/tables/friedman.csv",

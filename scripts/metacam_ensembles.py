@@ -1,5 +1,5 @@
 """MetaCAM's ROAD by ensemble subset and the CRE (rule metacam_ensembles)."""
-from cambench.papers import metacam_ensembles
+from cambench.pipeline import metacam_ensembles
 from cambench.scripting import logged
 
 sm = snakemake  # noqa: F821

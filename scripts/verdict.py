@@ -7,5 +7,4 @@ with logged(sm):
     heatmaps = {tuple(pair): path for pair, path in zip(sm.params.pairs, sm.input.heatmaps)}
     write_verdict(sm.input.summary, sm.input.posthoc, heatmaps,
                   {"csv": sm.output.csv, "html": sm.output.html, "summary": sm.output.summary},
-                  alpha=sm.params.alpha, standin=sm.params.standin, methods=sm.params.methods,
-                  readme=sm.params.readme)
+                  alpha=sm.params.alpha, standin=sm.params.standin, methods=sm.params.methods)

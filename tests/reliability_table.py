@@ -1,7 +1,9 @@
-"""Print the README's reliability tables from the test suites' own case lists, with the messages the
-code gives today:  python tests/reliability_table.py > /tmp/tables.md
+"""Print the tables of docs/reliability.md §3 (bad configuration) and §4 (corrupt input) from the test
+suites' own case lists (tests/test_config.py BAD, tests/test_reliability_data.py CASES), with the messages
+the code gives:  python tests/reliability_table.py > /tmp/tables.md, then paste each table into its section.
 
-tests/test_readme.py checks that the README lists every case, so a new case cannot go unlisted."""
+tests/test_reliability_docs.py checks that docs/reliability.md lists every case in its section, so a new
+case cannot go unlisted."""
 import re
 import sys
 import tempfile
@@ -11,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import test_config  # noqa: E402
 import test_reliability_data  # noqa: E402
+
 from cambench.config import ConfigError, validate_config  # noqa: E402
 
 

@@ -11,8 +11,15 @@ from scipy import stats
 from torch import nn
 
 import cambench
-from cambench.adversarial import (intent_full_budget, jet, jet_lut, part_eps_map, random_start, repo_full_budget,
-                                  repo_zscores)
+from cambench.adversarial import (
+    intent_full_budget,
+    jet,
+    jet_lut,
+    part_eps_map,
+    random_start,
+    repo_full_budget,
+    repo_zscores,
+)
 from cambench.config import LEVEL_LIMITS
 from cambench.perturbations import PERTURBATIONS, perturbation_keys, perturbation_needs, perturbation_params
 

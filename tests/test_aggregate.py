@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import GapNet
 from scipy import stats
 
 import cambench
-from cambench.metrics import evaluate_applies
 from cambench.aggregate import aggregate_metrics, bootstrap_mean_ci, bootstrap_robustness_ci
-from conftest import GapNet
+from cambench.metrics import evaluate_applies
 
 B = 20000  # resamples where a CI is compared with scipy's: Monte-Carlo error ~1 % of the CI width
 

@@ -2,15 +2,21 @@
 import numpy as np
 import pytest
 import torch
+from conftest import GapNet
 
 import cambench
 from cambench.data.synthetic import render
 from cambench.engine import CamError, resolve_layer
 from cambench.models import ARCHITECTURES, build_model, load_checkpoint, save_checkpoint
-from cambench.models.multi_exit import (COS_CLAMP, _lambdas, aggregator_loss, sim_max, sim_min,
-                                        train_aggregator, train_multi_exit)
-
-from conftest import GapNet
+from cambench.models.multi_exit import (
+    COS_CLAMP,
+    _lambdas,
+    aggregator_loss,
+    sim_max,
+    sim_min,
+    train_aggregator,
+    train_multi_exit,
+)
 
 CLASSES = ("disk", "cross")
 PARAMS = {"n_classes": 2, "in_channels": 3, "widths": [8, 16, 32, 32], "aggregator_width": 16}

@@ -63,12 +63,37 @@ def test_every_schema_key_has_a_description_and_a_default():
     walk(schema, "")
 
 
+def test_the_schema_lists_no_names_a_registry_knows():
+    # Formats, stand-in kinds, shapes, architectures, methods, metrics and perturbation kinds are checked
+    # against their registries (config.py) and listed from them in docs/configuration.md, not kept here too.
+    from cambench.data import FORMATS, SHAPES, STANDIN_FORMATS
+    from cambench.engine import METHODS
+    from cambench.metrics import METRICS
+    from cambench.models import ARCHITECTURES
+    from cambench.perturbations import PERTURBATIONS
+    registered = set(FORMATS.names()) | set(SHAPES) | set(STANDIN_FORMATS) | set(ARCHITECTURES.names()) | \
+        set(METRICS.names()) | set(PERTURBATIONS.names()) | set(METHODS.names())
+
+    def enums(node):
+        if isinstance(node, dict):
+            yield from [node["enum"]] if "enum" in node else []
+            for value in node.values():
+                yield from enums(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from enums(value)
+    listed = {value for enum in enums(yaml.safe_load(SCHEMA.read_text())) for value in enum}
+    assert listed and not listed & registered, sorted(listed & registered)
+
+
 BAD = [
     ("cam.batchsize", 3, "config key 'cam': unknown key(s) ['batchsize']; allowed: batch_size, class_source, dtype, "),
     ("cam.batch_size", "abc", "config key 'cam.batch_size': expected integer, got 'abc'"),
     ("cam.batch_size", 0, "config key 'cam.batch_size': 0 is less than the minimum of 1"),
-    ("cam.class_source", "guess", "config key 'cam.class_source': 'guess' is not allowed; allowed values: ['pred', 'gt']"),
-    ("cam.dtype", "float64", "config key 'cam.dtype': 'float64' is not allowed; allowed values: ['float16', 'float32']"),
+    ("cam.class_source", "guess",
+     "config key 'cam.class_source': 'guess' is not allowed; allowed values: ['pred', 'gt']"),
+    ("cam.dtype", "float64",
+     "config key 'cam.dtype': 'float64' is not allowed; allowed values: ['float16', 'float32']"),
     ("cam.methods", {"gradcamm": {}}, "config key 'cam.methods.gradcamm': unknown method 'gradcamm'; registered: "),
     ("cam.methods", {"gradcampp": {"epsilon": 1}},
      "config key 'cam.methods.gradcampp': unknown parameter(s) ['epsilon'] for method 'gradcampp'; allowed: ['eps']"),
@@ -127,7 +152,8 @@ BAD = [
     ("metrics.score", "probability", "config key 'metrics.score': 'probability' is not allowed; allowed values: "),
     ("seed", -1, "config key 'seed': -1 is less than the minimum of 0"),
     ("device", "gpu", "config key 'device': 'gpu' does not match "),
-    ("models.shapes_cnn.dataset", "cifar", "config key 'models.shapes_cnn.dataset': unknown dataset 'cifar'; defined: "),
+    ("models.shapes_cnn.dataset", "cifar",
+     "config key 'models.shapes_cnn.dataset': unknown dataset 'cifar'; defined: "),
     ("models.shapes_cnn.architecture", "resnet",
      "config key 'models.shapes_cnn.architecture': unknown architecture 'resnet'; registered: "),
     ("models.shapes_cnn.params", {"depth": 3},
@@ -143,6 +169,8 @@ BAD = [
      "config key 'datasets.shapes.standin.classes.1': 'hexagon' is not allowed; allowed values: "),
     ("datasets.shapes.root", "data/x", "config key 'datasets.shapes': give either 'standin'"),
     ("datasets.shapes.standin.kind", "cifar", "config key 'datasets.shapes.standin.kind': 'cifar' is not allowed"),
+    ("datasets.shapes.format", "jpegs", "config key 'datasets.shapes.format': unknown format 'jpegs'; registered: "
+                                        "brats, cifake, cifar10, dicom_ct, imagefolder, imagenet, mosmed, street"),
     ("datasets.shapes.standin.kind", "none", "config key 'datasets.shapes.root': required"),
     ("datasets.shapes.standin.counts", {"test": 5},
      "config key 'datasets.shapes.standin.counts': a 'train' split is needed to train model 'shapes_cnn'"),

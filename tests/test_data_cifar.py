@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cambench.data import DataError, check_source, generate_standin, prepare, read_dataset, read_source
-from cambench.data import cifake, cifar
+from cambench.data import DataError, check_source, cifake, cifar, generate_standin, prepare, read_dataset, read_source
 
 TRAIN, TEST = 6, 2          # cifar10 stand-in: images per class and split
 FAKE_TRAIN, FAKE_TEST = 12, 4

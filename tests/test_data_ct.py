@@ -16,7 +16,8 @@ from torch import nn
 
 import cambench.data as cd
 from cambench.data import DataError, check_source, prepare, read_dataset
-from cambench.data.ct import chest_phantom, read_series, write_ct_series
+from cambench.data.ct import read_series, write_ct_series
+from cambench.data.ct_phantom import chest_phantom
 from cambench.data.volumes import load_nifti, resample, window
 
 SPACING = (2.5, 0.8, 0.8)  # stand-in default (z, y, x) mm

@@ -12,8 +12,7 @@ import pytest
 from PIL import Image
 
 import cambench.data as data
-from cambench.data import DataError, check_source, prepare, read_dataset
-from cambench.data import mri
+from cambench.data import DataError, check_source, mri, prepare, read_dataset
 
 SHAPE = (32, 32, 16)
 N_CASES = 6

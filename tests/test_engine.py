@@ -1,12 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from conftest import GapNet, zoo_model
 from torch import nn
 
 import cambench
 from cambench.engine import FLAG_CONSTANT, CamError, capture, resolve_layer
-
-from conftest import GapNet, zoo_model
 
 GRADCAM_CLASSES = {"gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
                    "hirescam": "HiResCAM", "gradcam_elementwise": "GradCAMElementWise", "layercam": "LayerCAM"}

@@ -14,6 +14,7 @@ from PIL import Image
 from cambench.config import ConfigError, validate_config
 from cambench.data.dataset import read_dataset, write_dataset
 from cambench.data.formats import Prepared
+from cambench.jobs import TrainingJob
 from cambench.models import load_checkpoint
 from cambench.models.external import IMAGENET_MEAN, IMAGENET_STD
 from cambench.pipeline import train_model
@@ -54,9 +55,9 @@ def test_a_pretrained_1000_way_model_is_evaluated_without_a_train_split(tmp_path
     _dataset(tmp_path / "ds.h5", 1000, labels.tolist())
     top5 = (logits.topk(5, dim=1).indices == torch.from_numpy(labels)[:, None]).any(1).float().mean().item()
 
-    result = train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json", architecture="resnet18",
-                         params={}, train=EVAL_ONLY, seed=0, device="cpu", eval_split="val", weights=str(weights),
-                         name="r18", dataset="val_set")
+    result = train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json", TrainingJob(
+        architecture="resnet18", params={}, train=EVAL_ONLY, seed=0, device="cpu", eval_split="val",
+        weights=str(weights), model="r18", dataset="val_set"))
     assert result["test_accuracy"] == 0.5
     assert result["test_top5_accuracy"] == pytest.approx(top5)
     assert result["train_accuracy"] is None and result["n_train"] == 0
@@ -82,9 +83,9 @@ def test_logits_that_do_not_match_the_class_mapping_are_refused_before_any_outpu
     torch.save(make_1000_logit_net().state_dict(), weights)
     with pytest.raises(ValueError, match=r"model 'photos_net' produces 1000 logits but dataset 'photos' has 19 "
                                          r"classes \(datasets\.photos\.classes\)"):
-        train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json",
-                    architecture="test_evaluation_only:make_1000_logit_net", params={}, train=EVAL_ONLY, seed=0,
-                    device="cpu", eval_split="val", weights=str(weights), name="photos_net", dataset="photos")
+        train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json", TrainingJob(
+            architecture="test_evaluation_only:make_1000_logit_net", params={}, train=EVAL_ONLY, seed=0,
+            device="cpu", eval_split="val", weights=str(weights), model="photos_net", dataset="photos"))
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "train.json").exists()
 
 
@@ -94,15 +95,15 @@ def test_an_evaluation_only_function_model_gets_the_identity_normalisation(tmp_p
     _dataset(tmp_path / "ds.h5", 1000, [1, 2, 3])
     weights = tmp_path / "w.pth"
     torch.save(make_1000_logit_net().state_dict(), weights)
-    train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json",
-                architecture="test_evaluation_only:make_1000_logit_net", params={}, train=EVAL_ONLY, seed=0,
-                device="cpu", eval_split="val", weights=str(weights))
+    train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json", TrainingJob(
+        architecture="test_evaluation_only:make_1000_logit_net", params={}, train=EVAL_ONLY, seed=0,
+        device="cpu", eval_split="val", weights=str(weights)))
     model, payload = load_checkpoint(tmp_path / "model.pt")
     assert payload["params"]["mean"] == [0.0] * 3 and payload["params"]["std"] == [1.0] * 3
     # given in the config, the model's params win
-    train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json",
-                architecture="test_evaluation_only:make_1000_logit_net", params={"mean": [0.5] * 3, "std": [0.2] * 3},
-                train=EVAL_ONLY, seed=0, device="cpu", eval_split="val", weights=str(weights))
+    train_model(tmp_path / "ds.h5", tmp_path / "model.pt", tmp_path / "train.json", TrainingJob(
+        architecture="test_evaluation_only:make_1000_logit_net", params={"mean": [0.5] * 3, "std": [0.2] * 3},
+        train=EVAL_ONLY, seed=0, device="cpu", eval_split="val", weights=str(weights)))
     assert load_checkpoint(tmp_path / "model.pt")[1]["params"]["std"] == [0.2] * 3
 
 
@@ -134,7 +135,8 @@ def test_an_evaluation_only_image_folder_needs_no_train_split(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"resize": 224, "crop": 256}, r"config key 'datasets\.photos\.crop': 256 is larger than resize 224"),
-    ({"classes": ["cat", "dog", "cat"]}, r"config key 'datasets\.photos\.classes': duplicate class name\(s\) \['cat'\]"),
+    ({"classes": ["cat", "dog", "cat"]},
+     r"config key 'datasets\.photos\.classes': duplicate class name\(s\) \['cat'\]"),
     ({"classes": "synsets.txt"}, r"config key 'datasets\.photos\.classes': file not found: synsets\.txt"),
 ])
 def test_bad_preprocessing_keys_name_the_key(tmp_path, change, message):

@@ -13,7 +13,6 @@ import time
 import h5py
 import pytest
 import yaml
-
 from workflow_helpers import array_digest, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow

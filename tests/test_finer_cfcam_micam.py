@@ -6,15 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GapNet, zoo_model
 
 import cambench
 from cambench.engine import METHODS, CamError, capture, resolve_layer
-from cambench.methods.cfcam import (bilateral_like_filter, cfcam_weights, dbscan, gaussian_filter,
-                                    masked_percentile)
+from cambench.methods.cfcam import bilateral_like_filter, cfcam_weights, dbscan, gaussian_filter, masked_percentile
 from cambench.methods.finer import reference_classes
 from cambench.methods.micam import micam, mutual_information
-
-from conftest import GapNet, zoo_model
 
 
 def head_cam(model, x, weights):

@@ -6,8 +6,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-
-from workflow_helpers import ROOT, copy_workflow, snakemake
+from workflow_helpers import copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 

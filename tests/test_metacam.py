@@ -3,12 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GapNet
 
 import cambench
 from cambench.engine import METHODS, CamError, register_method
-from cambench.methods.metacam import (DEFAULT_COMPONENTS, cumulative_residual_effect, ensemble_sweep, select_k)
+from cambench.methods.metacam import DEFAULT_COMPONENTS, cumulative_residual_effect, ensemble_sweep, select_k
 from cambench.metrics import METRICS, register_metric
-from conftest import GapNet
 
 PLANTED = "_metacam_test_planted"
 FRACTION = "_metacam_test_fraction"

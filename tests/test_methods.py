@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import GapNet, zoo_model
 from torch import nn
 
 import cambench
 from cambench.engine import CamError, capture, postprocess, resolve_layer
 from cambench.methods.activation import principal_projection
 from cambench.metrics import evaluate
-
-from conftest import GapNet, zoo_model
 
 REFERENCE = {"scorecam": "ScoreCAM", "ablationcam": "AblationCAM", "eigencam": "EigenCAM",
              "eigengradcam": "EigenGradCAM"}
@@ -154,8 +153,8 @@ def test_layercam_is_relu_hirescam_when_gradients_are_non_negative(images):
     model = GapNet().eval()
     with torch.no_grad():
         model.fc.weight.abs_()
-    result = cambench.explain_many(model, images, {"layercam": {}, "hirescam": {}, "cam": {"fc_layer": "fc"}}, "features",
-                                   targets=[1] * 6)
+    methods = {"layercam": {}, "hirescam": {}, "cam": {"fc_layer": "fc"}}
+    result = cambench.explain_many(model, images, methods, "features", targets=[1] * 6)
     torch.testing.assert_close(result.raw["layercam"], result.raw["hirescam"].clamp_min(0))
     torch.testing.assert_close(result.raw["layercam"], result.raw["cam"].clamp_min(0) / 256, rtol=1e-4, atol=1e-7)
 

@@ -3,13 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ConstantModel, RegionModel
 from torch import nn
 
 import cambench
 from cambench.metrics.faithfulness import trapezoid_auc
-from cambench.metrics.robustness import pearson, ssim
-
-from conftest import ConstantModel, RegionModel
+from cambench.metrics.similarities import pearson, ssim
 
 
 def test_deletion_auc_of_an_input_independent_model_is_that_constant():

@@ -11,10 +11,14 @@ from scipy import ndimage
 from scipy.spatial.distance import directed_hausdorff
 
 import cambench
-from cambench.metrics import METRICS, evaluate_applies
-from cambench.metrics import localisation
-from cambench.metrics.localisation import (binarise, bounding_boxes, connected_components, largest_component,
-                                           surface_hd95)
+from cambench.metrics import METRICS, evaluate_applies, localisation
+from cambench.metrics.localisation import (
+    binarise,
+    bounding_boxes,
+    connected_components,
+    largest_component,
+    surface_hd95,
+)
 
 # neighbour count -> rank of scipy's generate_binary_structure
 CONNECTIVITY = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}

@@ -11,14 +11,13 @@ import pytest
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
+from conftest import ConstantModel
 from torch import nn
 
 import cambench
 from cambench.metrics import METRICS
 from cambench.metrics.faithfulness import rise_blur, rise_blur_kernel1d
 from cambench.models import build_model
-
-from conftest import ConstantModel
 
 FILL = torch.tensor([0.4, 0.5, 0.6])
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -255,7 +254,8 @@ def test_explanation_scores_known_answers():
     y0, y = torch.softmax(torch.tensor([1.0, 5.0]), 0)
     for space, corner_logit in [("pixel", 0.0), ("normalised", 5 * FILL.mean().item())]:
         o0, o = torch.softmax(torch.tensor([1.0, corner_logit]), 0)
-        ev = lambda m, name: cambench.evaluate(model, x, m, name, targets=t, multiply_space=space, fill=FILL)
+        def ev(m, name, space=space):
+            return cambench.evaluate(model, x, m, name, targets=t, multiply_space=space, fill=FILL)
         torch.testing.assert_close(ev(truth, "average_drop"), torch.zeros(2))
         torch.testing.assert_close(ev(1 - truth, "average_drop"), (100 * (y - o) / y).expand(2))
         torch.testing.assert_close(ev(1 - truth, "increase_in_confidence"), torch.zeros(2))
@@ -269,8 +269,11 @@ def test_explanation_scores_known_answers():
 
 def _grad_cam_oracle(model, tensor, maps, targets):
     """pytorch-grad-cam's per-image (absolute) drop, indicator and signed change, on ``tensor``."""
-    from pytorch_grad_cam.metrics.cam_mult_image import (CamMultImageConfidenceChange, DropInConfidence,
-                                                         IncreaseInConfidence)
+    from pytorch_grad_cam.metrics.cam_mult_image import (
+        CamMultImageConfidenceChange,
+        DropInConfidence,
+        IncreaseInConfidence,
+    )
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
     tg = [ClassifierOutputSoftmaxTarget(int(c)) for c in targets]
     cams = maps.numpy().astype(np.float32)
@@ -511,7 +514,7 @@ def test_a_table_computes_the_images_logits_once_and_shares_each_maps_logits(mon
     explanation / ablation images of a map once for the metrics that read them; the values are
     those computed without a cache."""
     import importlib
-    metrics_module = importlib.import_module("cambench.metrics")
+    metrics_module = importlib.import_module("cambench.metrics.base")  # where evaluate looks up inference_copy
 
     class Counting(nn.Module):
         def __init__(self, model):
@@ -559,7 +562,8 @@ def test_a_cache_shared_across_models_or_fill_colours_recomputes():
     cache = {}
     for name in ("average_drop", "ablation_drop", "road_morf"):
         for model, fill in ((models[0], .5), (models[1], .5), (models[1], .2)):
-            kw = dict(targets=targets, fill=torch.full((3,), fill), **({"percentiles": [50]} if name == "road_morf" else {}))
+            kw = dict(targets=targets, fill=torch.full((3,), fill),
+                      **({"percentiles": [50]} if name == "road_morf" else {}))
             shared = cambench.evaluate(model, images, maps, name, cache=cache, **kw)
             alone = cambench.evaluate(model, images, maps, name, **kw)
             assert torch.equal(torch.nan_to_num(shared, nan=-1.0), torch.nan_to_num(alone, nan=-1.0)), (name, fill)

@@ -4,14 +4,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import GapNet
 from scipy import stats
 
 import cambench
-from cambench.metrics import MetricInputs, evaluate_applies, explained_batches
-from cambench.metrics.robustness import (average_ranks, combine_robustness, cosine, spearman, spearman_abs,
-                                         topk_iou)
+from cambench.metrics import MetricInputs, TableContext, evaluate_applies, explained_batches
+from cambench.metrics.robustness import combine_robustness
 from cambench.metrics.sanity import cascade_order, randomised_copy
-from conftest import GapNet
+from cambench.metrics.similarities import average_ranks, cosine, spearman, spearman_abs, topk_iou
 
 
 def _maps(n=5, shape=(12, 12), seed=0, ties=True):
@@ -55,7 +55,8 @@ def _pairs(changed):
     perturbed = ref.clone()
     perturbed[torch.tensor(changed)] = 1 - perturbed[torch.tensor(changed)]   # flipped maps where predictions changed
     preds = torch.tensor([1 if c else 0 for c in changed])
-    return dict(reference=ref, predictions=preds, reference_predictions=torch.zeros(len(changed), dtype=torch.long)), perturbed
+    clean_predictions = torch.zeros(len(changed), dtype=torch.long)
+    return dict(reference=ref, predictions=preds, reference_predictions=clean_predictions), perturbed
 
 
 @pytest.mark.parametrize("similarity", ["ssim", "pearson", "spearman", "cosine", "topk_iou"])
@@ -110,7 +111,8 @@ def _fields(method="gradcam", params=None, **extra):
 
 def test_max_sensitivity_matches_captum(net, images):
     from captum.metrics import sensitivity_max
-    from cambench.perturbations import _uniform, perturbation_keys
+
+    from cambench.counter_rng import perturbation_keys, uniform
     targets = net(images).argmax(1)
     keys = torch.arange(10, 10 + images.shape[0])
     samples, radius = 4, 0.05
@@ -124,7 +126,7 @@ def test_max_sensitivity_matches_captum(net, images):
         for j in range(samples):
             sel = rows % samples == j
             k = perturbation_keys(keys[rows[sel] // samples], "max_sensitivity", float(j), 3)
-            out[sel] = inputs[sel] + (2 * _uniform(k, tuple(inputs.shape[1:]), 7) - 1).float() * radius
+            out[sel] = inputs[sel] + (2 * uniform(k, tuple(inputs.shape[1:]), 7) - 1).float() * radius
         return out
 
     def explanation(inputs, target):
@@ -215,7 +217,8 @@ def test_mprt_model_independent_control_keeps_similarity_one(net, images, monkey
     """docs/reliability.md §2.20: an explanation that ignores the model keeps similarity 1."""
     from cambench.metrics import sanity
     monkeypatch.setattr(sanity, "explained_batches",
-                        lambda x, methods, imgs, model=None: iter([(slice(None), {m: imgs.mean(dim=1) for m in methods})]))
+                        lambda x, methods, imgs, model=None:
+                        iter([(slice(None), {m: imgs.mean(dim=1) for m in methods})]))
     out = cambench.evaluate(net, images, images.mean(dim=1), "mprt", targets=torch.zeros(6), **_fields())
     assert torch.allclose(out, torch.ones(6), atol=1e-6)
 
@@ -238,7 +241,7 @@ def test_mprt_gradcam_loses_similarity_under_full_randomisation(net, images):
 
 def test_explained_batches_cover_every_image_like_one_pass(net, images):
     targets = net(images).argmax(1)
-    x = MetricInputs(images, images[:, 0], targets, model=net, batch_size=4, **_fields())
+    x = MetricInputs(images, images[:, 0], targets, context=TableContext(model=net, batch_size=4, **_fields()))
     batches = list(explained_batches(x, {"gradcam": {}, "gradcampp": {}}, images))
     assert [rows for rows, _ in batches] == [slice(0, 4), slice(4, 6)]
     for method in ("gradcam", "gradcampp"):

@@ -13,8 +13,17 @@ from torch import nn
 
 import cambench
 from cambench.engine import method_applies, resolve_layer
-from cambench.models import (ARCHITECTURES, Normalize, accuracy, build_model, load_checkpoint, load_weights,
-                             resolve_architecture, save_checkpoint, train_classifier)
+from cambench.models import (
+    ARCHITECTURES,
+    Normalize,
+    accuracy,
+    build_model,
+    load_checkpoint,
+    load_weights,
+    resolve_architecture,
+    save_checkpoint,
+    train_classifier,
+)
 from cambench.models.external import IMAGENET_MEAN, IMAGENET_STD
 from cambench.registry import UnknownNameError
 

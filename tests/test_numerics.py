@@ -10,15 +10,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from workflow_helpers import ROOT
 
+from cambench.aggregate import aggregate_metrics
 from cambench.data import generate_shapes, prepare
 from cambench.engine import FLAG_CONSTANT, FLAG_NONFINITE, postprocess
+from cambench.jobs import HeatmapJob, MetricJob
 from cambench.metrics import metrics as registered_metrics
 from cambench.models import build_model, save_checkpoint
-from cambench.aggregate import aggregate_metrics
 from cambench.pipeline import compute_heatmaps, compute_metrics, metric_params
 from cambench.store import HeatmapWriter, read_heatmaps
-from workflow_helpers import ROOT
 
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 METHODS = {k: v for k, v in DEFAULT["cam"]["methods"].items() if k not in ("amecam", "sycam")}
@@ -73,9 +74,9 @@ def _checkpoint(work, case, damage=None):
 
 def _heatmaps(work, case, model_path, kind="none", level=0.0):
     hm = work / f"{case}_{kind}.h5"
-    compute_heatmaps(work / "shapes.h5", model_path, hm, perturbation=kind, level=level, methods=METHODS,
-                     target_layer="features.block4", split="test", class_source="pred", batch_size=4,
-                     dtype="float16", seed=0, device="cpu")
+    compute_heatmaps(work / "shapes.h5", model_path, hm, HeatmapJob(
+        perturbation=kind, level=level, methods=METHODS, target_layer="features.block4", split="test",
+        class_source="pred", batch_size=4, dtype="float16", seed=0, device="cpu"))
     return hm
 
 
@@ -83,10 +84,10 @@ def _run(work, case):
     model_path = _checkpoint(work, case, DEGENERATE[case])
     out = {kind: _heatmaps(work, case, model_path, kind, level) for kind, level in (("none", 0.0), ("gaussian", 0.1))}
     table = work / f"{case}_metrics.parquet"
-    compute_metrics(work / "shapes.h5", model_path, out["gaussian"], out["none"], table,
-                    metrics={n: metric_params(n, p, "prob") for n, p in METRICS.items()}, score="prob",
-                    memory_mb=64, perturbation="gaussian", level=0.1, split="test", seed=0, dataset="shapes",
-                    model=case, device="cpu", batch_size=4)
+    compute_metrics(work / "shapes.h5", model_path, out["gaussian"], out["none"], table, MetricJob(
+        metrics={n: metric_params(n, p, "prob") for n, p in METRICS.items()}, score="prob", memory_mb=64,
+        perturbation="gaussian", level=0.1, split="test", seed=0, dataset="shapes", model=case, device="cpu",
+        batch_size=4))
     return out, table
 
 
@@ -184,7 +185,8 @@ def test_nan_and_inf_in_a_signed_map_are_flagged_and_never_stored(tmp_path):
     # A non-finite score is a broken model, not a degenerate map: a clear error, and no file.
     result.scores[1] = float("inf")
     broken = tmp_path / "broken.h5"
-    with pytest.raises(FloatingPointError, match=r"broken.h5: the model gave non-finite target scores for images \['b'\]"):
+    message = r"broken.h5: the model gave non-finite target scores for images \['b'\]"
+    with pytest.raises(FloatingPointError, match=message):
         with HeatmapWriter(broken, ids, np.zeros(4), {"m": {}}) as w:
             w.write(0, result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.h5"]

@@ -7,8 +7,8 @@ from scipy import ndimage, stats
 
 import cambench
 from cambench.config import LEVEL_LIMITS
-from cambench.perturbations import (PERTURBATIONS, _uniform, counter_normal, counter_poisson, jpeg_quality,
-                                    perturbation_keys)
+from cambench.counter_rng import uniform
+from cambench.perturbations import PERTURBATIONS, counter_normal, counter_poisson, jpeg_quality, perturbation_keys
 
 
 def test_counter_normal_is_standard_normal():
@@ -113,7 +113,7 @@ def test_counter_poisson_is_the_exact_inverse_cdf_and_poisson_distributed(lam):
     keys = torch.arange(10) * 7919
     rates = torch.full((10, 4000), lam, dtype=torch.float64)
     k = counter_poisson(keys, rates).numpy().ravel()
-    u = _uniform(keys, (4000,), 3).numpy().ravel()
+    u = uniform(keys, (4000,), 3).numpy().ravel()
     # inversion of the exact CDF: the very quantile scipy gives for the same uniforms
     np.testing.assert_array_equal(k, stats.poisson.ppf(u, lam))
     n = k.size
@@ -133,7 +133,7 @@ def test_counter_poisson_zero_rate_mixed_rates_and_the_large_rate_approximation(
     rates = rates.repeat(1, 400)
     k = counter_poisson(keys, rates)
     assert torch.equal(k[rates == 0], torch.zeros_like(k[rates == 0]))
-    u = _uniform(keys, (rates.shape[1],), 3).numpy()
+    u = uniform(keys, (rates.shape[1],), 3).numpy()
     ref = stats.poisson.ppf(u, rates.numpy())
     exact = rates.numpy() <= 1e6
     np.testing.assert_array_equal(k.numpy()[exact], ref[exact])

@@ -7,21 +7,22 @@ import re
 import types
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+from workflow_helpers import ROOT, copy_workflow, snakemake
 
 from cambench import pipeline, plan
 from cambench.config import validate_config
+from cambench.data import write_standin
 from cambench.engine import METHODS, explain_many, method_of
 from cambench.inference import inference_copy
+from cambench.jobs import HeatmapJob, MetricJob
 from cambench.metrics import METRICS, evaluate
 from cambench.models import build_model, save_checkpoint
 from cambench.scripting import logged
-from workflow_helpers import ROOT, copy_workflow, snakemake
 
 FORWARD_OPS = {torch.ops.aten.convolution, torch.ops.aten._convolution, torch.ops.aten.addmm}
 BACKWARD_OPS = {torch.ops.aten.convolution_backward, torch.ops.aten.mm}
@@ -292,7 +293,7 @@ def test_real_image_folder_counts_files_and_resizes(tmp_path):
 
 def write_job_inputs(tmp_path: Path, test_per_class: int) -> tuple[Path, Path]:
     standin = {"kind": "shapes", "counts": {"train": 1, "test": test_per_class}, "image_size": 32}
-    pipeline.generate_standin(tmp_path / "standin", standin, seed=0)
+    write_standin(tmp_path / "standin", standin, seed=0)
     data = tmp_path / "dataset.h5"
     pipeline.prepare_dataset("imagefolder", tmp_path / "standin" / "data", data,
                              mask_root=tmp_path / "standin" / "masks")
@@ -309,11 +310,12 @@ def test_metric_row_bytes_and_count_of_a_real_table(tmp_path):
     metrics["deletion_auc"] = {"steps": 4}
     common = dict(perturbation="none", level=0.0, split="test", seed=0, device="cpu")
     heat = tmp_path / "heatmaps.h5"
-    pipeline.compute_heatmaps(data, checkpoint, heat, methods=methods, target_layer=LAYER, class_source="pred",
-                              batch_size=64, dtype="float16", **common)
+    heatmap_job = HeatmapJob(methods=methods, target_layer=LAYER, class_source="pred", batch_size=64,
+                             dtype="float16", **common)
+    pipeline.compute_heatmaps(data, checkpoint, heat, heatmap_job)
     out = tmp_path / "metrics.parquet"
-    table = pipeline.compute_metrics(data, checkpoint, heat, heat, out, metrics=metrics, score="prob",
-                                     memory_mb=64, dataset="shapes", model="m", **common)
+    metric_job = MetricJob(metrics=metrics, score="prob", memory_mb=64, dataset="shapes", model="m", **common)
+    table = pipeline.compute_metrics(data, checkpoint, heat, heat, out, metric_job)
     assert len(table) == 64 * len(methods) * len(metrics)  # every metric applies to every image here
     config = tiny_config()  # 4 levels, each a table like this one
     config["datasets"]["shapes"]["standin"]["counts"]["test"] = 16
@@ -353,11 +355,11 @@ def test_job_logs_show_progress_with_elapsed_and_remaining_time(tmp_path, monkey
     heat = tmp_path / "heatmaps.h5"
     methods = {"gradcam": {}, "scorecam": {}}
     with restored_process_state(), logged(job):
-        pipeline.compute_heatmaps(data, checkpoint, heat, methods=methods, target_layer=LAYER,
-                                  class_source="pred", batch_size=4, dtype="float16", **common)
-        pipeline.compute_metrics(data, checkpoint, heat, heat, tmp_path / "m.parquet", memory_mb=64,
-                                 metrics={"max_sensitivity": {"samples": 2}, "sparseness": {}}, score="prob",
-                                 dataset="shapes", model="m", batch_size=4, **common)
+        pipeline.compute_heatmaps(data, checkpoint, heat, HeatmapJob(
+            methods=methods, target_layer=LAYER, class_source="pred", batch_size=4, dtype="float16", **common))
+        pipeline.compute_metrics(data, checkpoint, heat, heat, tmp_path / "m.parquet", MetricJob(
+            metrics={"max_sensitivity": {"samples": 2}, "sparseness": {}}, score="prob", memory_mb=64,
+            dataset="shapes", model="m", batch_size=4, **common))
     raw = log.read_bytes()  # bytes: reading text would turn a carriage return into a line break
     assert b"\r" not in raw
     text = raw.decode()

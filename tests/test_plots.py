@@ -95,13 +95,13 @@ def _assert_png(path):
 def captured(monkeypatch):
     """The figure each plotting call saves (the PNG is still written)."""
     figures = []
-    save = plots._save
+    save = plots.save_figure
 
     def keep(fig, output):
         figures.append(fig)
         save(fig, output)
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plots, "save_figure", keep)
     return figures
 
 

@@ -11,10 +11,22 @@ import yaml
 from scipy import stats as sps
 
 from cambench import aggregate, stats, tables
-from cambench.aggregate import (aggregate_metrics, bootstrap_mean_ci, bootstrap_robustness_ci, normal_mean_ci,
-                                normal_robustness_ci, summary_table)
-from cambench.stats import (friedman_table, image_subsample, kruskal_table, mixed_model_table, posthoc_table,
-                            run_statistics)
+from cambench.aggregate import (
+    aggregate_metrics,
+    bootstrap_mean_ci,
+    bootstrap_robustness_ci,
+    normal_mean_ci,
+    normal_robustness_ci,
+    summary_table,
+)
+from cambench.stats import (
+    friedman_table,
+    image_subsample,
+    kruskal_table,
+    mixed_model_table,
+    posthoc_table,
+    run_statistics,
+)
 from cambench.tables import METRIC_COLUMNS, partitions, read_block, write_csv, write_partition
 
 METHODS = ["gradcam", "gradcampp", "layercam", "scorecam"]
@@ -208,8 +220,9 @@ def test_mixed_models_above_the_cap_fit_a_seeded_subsample_and_say_so():
 # ------------------------------------------------------------------------------- the CSV on request only
 
 def test_the_csv_is_a_default_output_of_small_runs_only(tmp_path):
-    from cambench.plan import load_config, metric_row_bound
     from workflow_helpers import ROOT, copy_workflow, snakemake
+
+    from cambench.plan import load_config, metric_row_bound
     default = load_config("config/config.yaml", ROOT)
     rows = metric_row_bound(default, tmp_path)
     # the default run wrote 118,983 metric rows (BENCHMARKS.md); the bound counts every metric for every method

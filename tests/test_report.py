@@ -6,11 +6,16 @@ from html.parser import HTMLParser
 import h5py
 import numpy as np
 import pandas as pd
-import pytest
 
-from cambench.provenance import (embedded_provenance, lineage, rule_runtimes, run_provenance, sha256_file,
-                                 snakemake_record)
-from cambench.report import html_table, provenance_html, write_provenance
+from cambench.provenance import (
+    embedded_provenance,
+    lineage,
+    rule_runtimes,
+    run_provenance,
+    sha256_file,
+    snakemake_record,
+)
+from cambench.report import html_table, write_provenance
 
 HOSTILE = '<img src=x onerror="window.__pwned=1">&<script>window.__pwned=2</script>'
 

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import ConstantModel, GapNet, RegionModel, zoo_model
 
 import cambench
 from cambench.metrics.road import neighbour_kernel, noisy_linear_imputation, percentile
-from conftest import ConstantModel, GapNet, RegionModel, zoo_model
 
 
 def neighbour_residual(imputed: np.ndarray, removed: np.ndarray, weights: dict) -> np.ndarray:

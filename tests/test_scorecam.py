@@ -131,7 +131,7 @@ def test_sycam_score_terminal_masks_like_scorecam(setup):
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cambench.synthesis import TerminalSet
+    from cambench.sycam import TerminalSet
     model, x, z, targets = setup
     inputs = capture(model, x, LAYER, targets, need_gradients=False)
     ours = TerminalSet(inputs)["score"]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cambench.data import generate_shapes, prepare, read_dataset
+from cambench.jobs import HeatmapJob, MetricJob
 from cambench.models import build_model, save_checkpoint
 from cambench.pipeline import compute_heatmaps, compute_metrics
 from cambench.provenance import dataset_summary, embedded_provenance
@@ -33,9 +34,9 @@ def files(tmp_path_factory):
     torch.manual_seed(0)
     params = {"widths": [4, 4, 4, 4], "n_classes": 2}
     save_checkpoint(work / "m.pt", build_model("small_cnn", **params), "small_cnn", params)
-    compute_heatmaps(work / "ds.h5", work / "m.pt", work / "hm.h5", perturbation="none", level=0.0,
-                     methods={"gradcam": {}}, target_layer="features.block4", split="test", class_source="pred",
-                     batch_size=2, dtype="float16", seed=0, device="cpu")
+    compute_heatmaps(work / "ds.h5", work / "m.pt", work / "hm.h5", HeatmapJob(
+        perturbation="none", level=0.0, methods={"gradcam": {}}, target_layer="features.block4", split="test",
+        class_source="pred", batch_size=2, dtype="float16", seed=0, device="cpu"))
     return work
 
 
@@ -60,9 +61,9 @@ def test_heatmap_attribute_is_not_evaluated(files, tmp_path):
     marker = tmp_path / "pwned"
     bad = _tamper(files / "hm.h5", "methods", payload(marker), tmp_path)
     with pytest.raises(ValueError, match=r"hm.h5: attribute 'methods' is not a JSON dict .*not written by cambench"):
-        compute_metrics(files / "ds.h5", files / "m.pt", bad, bad, tmp_path / "out.parquet",
-                        metrics={"sparseness": {}}, score="prob", memory_mb=64, perturbation="none", level=0.0,
-                        split="test", seed=0, dataset="d", model="m", device="cpu")
+        compute_metrics(files / "ds.h5", files / "m.pt", bad, bad, tmp_path / "out.parquet", MetricJob(
+            metrics={"sparseness": {}}, score="prob", memory_mb=64, perturbation="none", level=0.0,
+            split="test", seed=0, dataset="d", model="m", device="cpu"))
     assert not (tmp_path / "out.parquet").exists() and not marker.exists()
 
 
@@ -95,7 +96,8 @@ def test_deterministic_kernels_are_set_without_loading_the_compiler():
     # torch.use_deterministic_algorithms imports inductor's config (and with it the compiler
     # stack, 1.6 s of a 4 s job); the kernel flag must be set without it, in a fresh process.
     code = ("import sys, torch; from cambench.scripting import set_deterministic; set_deterministic(True); "
-            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "print(torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), "
             "'torch._inductor.config' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "True", "False"]

@@ -28,7 +28,8 @@ def _result(rows, seed=0):
 
 def _write(path, rows):
     ids = np.array([f"img{i}" for i in rows])
-    attrs = {"provenance": json.dumps({"seed": 0}), "perturbation": "none", "level": 0.0, "rows": json.dumps([rows[0], rows[-1] + 1])}
+    attrs = {"provenance": json.dumps({"seed": 0}), "perturbation": "none", "level": 0.0,
+             "rows": json.dumps([rows[0], rows[-1] + 1])}
     with HeatmapWriter(path, ids, np.array(rows) % 3, METHODS, "float16", attrs) as w:
         r = _result(list(range(N)))
         w.write(0, CamResult({m: v[rows] for m, v in r.maps.items()}, {m: v[rows] for m, v in r.raw.items()},

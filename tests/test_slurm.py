@@ -11,12 +11,12 @@ import sys
 
 import pytest
 import yaml
-
 from slurm_cluster import install_slurm, marked_processes, missing_binaries, node_resources, slurm_cluster
 from workflow_helpers import ROOT, array_digest, copy_workflow, snakemake
 
 PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
-TARGET = "results/tables/metric_summary.csv"  # every job class on the way: data, training, heatmaps, metrics, aggregation
+# Every job class on the way: data, training, heatmaps, metrics, aggregation.
+TARGET = "results/tables/metric_summary.csv"
 TINY = {  # tests/test_faults.py's FAULT config, smaller and without perturbations: 6 jobs
     "seed": 2,
     "device": "cpu",
@@ -59,8 +59,9 @@ def job_rules():
 
 
 def gpu_rules():
-    """The rules that run on the configured device: the ones the profile must give the GPU class."""
-    return {name for name, body in job_rules().items() if re.search(r"^\s+device=", body, flags=re.M)}
+    """The rules that run on the configured device (they ask for `gpu=GPUS_PER_JOB`): the ones the
+    profile must give the GPU class."""
+    return {name for name, body in job_rules().items() if re.search(r"^\s+gpu=GPUS_PER_JOB,", body, flags=re.M)}
 
 
 def test_profile_gives_every_rule_a_class_and_forces_no_gpu():
@@ -103,7 +104,8 @@ def _workdir(path):
 
 
 def _data_files(work):
-    return sorted(p.relative_to(work).as_posix() for ext in ("h5", "parquet") for p in (work / "results").rglob(f"*.{ext}"))
+    return sorted(p.relative_to(work).as_posix() for ext in ("h5", "parquet")
+                  for p in (work / "results").rglob(f"*.{ext}"))
 
 
 def _listening(port):

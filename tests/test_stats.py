@@ -9,8 +9,18 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from cambench.aggregate import bootstrap_mean_ci
-from cambench.stats import (STATS_COLUMNS, cliffs_delta, friedman, friedman_table, kruskal_table, mixed_model_table,
-                            paired_wilcoxon, posthoc_table, rank_biserial, run_statistics)
+from cambench.stats import (
+    STATS_COLUMNS,
+    cliffs_delta,
+    friedman,
+    friedman_table,
+    kruskal_table,
+    mixed_model_table,
+    paired_wilcoxon,
+    posthoc_table,
+    rank_biserial,
+    run_statistics,
+)
 
 
 def test_friedman_agrees_with_scipy_and_kendalls_w():

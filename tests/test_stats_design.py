@@ -8,8 +8,14 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from cambench import plots
-from cambench.stats import (STATS_COLUMNS, friedman_table, kruskal_table, mixed_model_table, posthoc_table,
-                            run_statistics)
+from cambench.stats import (
+    STATS_COLUMNS,
+    friedman_table,
+    kruskal_table,
+    mixed_model_table,
+    posthoc_table,
+    run_statistics,
+)
 
 
 def tidy(groups: dict, method="gradcam", metric="deletion_auc", perturbation="none", level=0.0) -> pd.DataFrame:
@@ -162,7 +168,7 @@ def test_the_critical_difference_figure_says_which_p_it_shows(tmp_path, monkeypa
     friedman_table(table).to_csv(tmp_path / "friedman.csv", index=False)
     posthoc_table(table).to_csv(tmp_path / "posthoc.csv", index=False)
     figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, output: figures.append(fig))
+    monkeypatch.setattr(plots, "save_figure", lambda fig, output: figures.append(fig))
     plots.critical_difference(tmp_path / "friedman.csv", tmp_path / "posthoc.csv", tmp_path / "cd.png",
                               ["deletion_auc"], model="m1")
     title = figures[0].axes[0].get_title()

@@ -11,6 +11,7 @@ import torch
 import cambench
 from cambench.data import generate_shapes, prepare
 from cambench.engine import CamResult
+from cambench.jobs import HeatmapJob, MetricJob
 from cambench.models import build_model, save_checkpoint
 from cambench.pipeline import compute_heatmaps, compute_metrics, metric_params
 from cambench.store import HeatmapWriter, join_heatmaps, map_bytes, read_heatmaps
@@ -193,16 +194,16 @@ def test_metrics_are_identical_from_either_store(tmp_path):
     tables = {}
     for store in STORES:
         hm = tmp_path / f"{store}.h5"
-        compute_heatmaps(tmp_path / "shapes.h5", tmp_path / "m.pt", hm, perturbation="none", level=0.0,
-                         methods=methods, target_layer="features.block4", split="test", class_source="pred",
-                         batch_size=4, dtype="float16", seed=0, device="cpu", store=store)
+        compute_heatmaps(tmp_path / "shapes.h5", tmp_path / "m.pt", hm, HeatmapJob(
+            perturbation="none", level=0.0, methods=methods, target_layer="features.block4", split="test",
+            class_source="pred", batch_size=4, dtype="float16", seed=0, device="cpu", store=store))
         with h5py.File(hm) as f:
             assert ("heatmaps" in f) == (store == "input")
         tables[store] = compute_metrics(
-            tmp_path / "shapes.h5", tmp_path / "m.pt", hm, hm, tmp_path / f"{store}.parquet",
-            metrics={n: metric_params(n, p, "prob") for n, p in metrics.items()}, score="prob", memory_mb=64,
-            perturbation="none", level=0.0, split="test", seed=0, dataset="shapes", model="m", device="cpu",
-            batch_size=4)
+            tmp_path / "shapes.h5", tmp_path / "m.pt", hm, hm, tmp_path / f"{store}.parquet", MetricJob(
+                metrics={n: metric_params(n, p, "prob") for n, p in metrics.items()}, score="prob", memory_mb=64,
+                perturbation="none", level=0.0, split="test", seed=0, dataset="shapes", model="m", device="cpu",
+                batch_size=4))
     feature, stored = (tables[s].reset_index(drop=True) for s in STORES)
     assert set(feature.metric) == set(metrics) and len(feature) > 0
     pd.testing.assert_frame_equal(feature, stored)

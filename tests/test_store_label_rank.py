@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from cambench.aggregate import aggregate_metrics
 from cambench.data import generate_shapes, prepare, read_dataset
 from cambench.engine import CamResult
+from cambench.jobs import HeatmapJob, MetricJob
 from cambench.metrics.localisation import bounding_boxes
 from cambench.models import build_model, save_checkpoint
-from cambench.aggregate import aggregate_metrics
 from cambench.pipeline import compute_heatmaps, compute_metrics, metric_params
 from cambench.store import HeatmapWriter, join_heatmaps, label_ranks, read_heatmaps
 
@@ -100,16 +101,17 @@ def work(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("small_cnn", n_classes=3, **PARAMS)
     save_checkpoint(work / "m.pt", model.eval(), "small_cnn", dict(PARAMS, n_classes=3))
-    compute_heatmaps(work / "shapes.h5", work / "m.pt", work / "hm.h5", perturbation="none", level=0.0,
-                     methods={"gradcam": {}}, target_layer="features.block4", split="test", class_source="gt",
-                     batch_size=5, dtype="float32", seed=0, device="cpu")
+    compute_heatmaps(work / "shapes.h5", work / "m.pt", work / "hm.h5", HeatmapJob(
+        perturbation="none", level=0.0, methods={"gradcam": {}}, target_layer="features.block4", split="test",
+        class_source="gt", batch_size=5, dtype="float32", seed=0, device="cpu"))
     return work
 
 
 def _metrics(work, dataset_file, name, metrics=METRICS, model="m.pt"):
+    job = MetricJob(metrics=metrics, score="prob", memory_mb=64, perturbation="none", level=0.0, split="test",
+                    seed=0, dataset=name, model="m", device="cpu", batch_size=5)
     return compute_metrics(work / dataset_file, work / model, work / "hm.h5", work / "hm.h5", work / f"{name}.parquet",
-                           metrics=metrics, score="prob", memory_mb=64, perturbation="none", level=0.0, split="test",
-                           seed=0, dataset=name, model="m", device="cpu", batch_size=5)
+                           job)
 
 
 def test_metric_table_records_label_rank_and_the_resolved_ground_truth(work):
@@ -151,9 +153,10 @@ def test_gt_box_boxes_without_boxes_fails_before_any_model_work(work):
 def test_metacam_ensembles_run_on_a_model_with_and_without_a_k_grid(work, k, k_grid):
     """The rule's call (scripts/metacam_ensembles.py passes k_grid): every subset of the components and
     each component's CRE, on a real model and data set file."""
-    from cambench.papers import metacam_ensembles
-    out = metacam_ensembles(work / "shapes.h5", work / "m.pt", work / f"ens_{k}.csv", components=["gradcam", "layercam"],
-                            component_params={}, k=k, k_grid=k_grid, consensus="gated_mean", metric_params={},
+    from cambench.pipeline import metacam_ensembles
+    out = metacam_ensembles(work / "shapes.h5", work / "m.pt", work / f"ens_{k}.csv",
+                            components=["gradcam", "layercam"], component_params={}, k=k, k_grid=k_grid,
+                            consensus="gated_mean", metric_params={},
                             split="test", dataset="shapes", model="m", target_layer="features.block4", images=6,
                             batch_size=3, memory_mb=64, seed=0, device="cpu")
     assert list(out.subset[out.kind == "subset"]) == ["gradcam", "layercam", "gradcam+layercam"]

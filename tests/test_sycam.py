@@ -4,15 +4,27 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import GapNet
 from torch import nn
 
 import cambench
 from cambench.engine import FLAG_NONFINITE, METHODS, CamError, capture, postprocess
-from cambench.synthesis import (BINARY_OPS, Binary, Const, Terminal, Unary, canonical, evaluate_expression,
-                                format_expression, map_equivalence_key, parse, read_expression, safe_div,
-                                synthesise, write_expression)
-
-from conftest import GapNet
+from cambench.sycam import (
+    BINARY_OPS,
+    Binary,
+    Const,
+    Terminal,
+    Unary,
+    canonical,
+    evaluate_expression,
+    format_expression,
+    map_equivalence_key,
+    parse,
+    read_expression,
+    safe_div,
+    synthesise,
+    write_expression,
+)
 
 GRADIENT_TERMINALS = ["gradcam", "gradcampp", "xgradcam", "relu_grad", "act_mean"]
 
@@ -52,7 +64,8 @@ def planted_data(n, dims=2, size=20, sides=(5, 1, 8), seed=0):
     for i in range(n):
         while True:
             corners = [torch.randint(1, size - s, (dims,), generator=gen) for s in sides]
-            apart = all(any((corners[a][d] + sides[a] + 1 <= corners[b][d]) or (corners[b][d] + sides[b] + 1 <= corners[a][d])
+            apart = all(any((corners[a][d] + sides[a] + 1 <= corners[b][d])
+                            or (corners[b][d] + sides[b] + 1 <= corners[a][d])
                             for d in range(dims)) for a, b in ((0, 1), (0, 2), (1, 2)))
             if apart:
                 break
@@ -170,7 +183,8 @@ def test_default_expression_is_gradcam(gapnet, images):
 def test_composite_weights_match_a_hand_computation(gapnet, images):
     x = capture(gapnet, images, "features")
     g, a = x.gradients, x.activations
-    expected = (g.clamp_min(0).mean(dim=(2, 3)) * a.mean(dim=(2, 3)) + 0.5) - torch.maximum(g.mean(dim=(2, 3)), torch.tensor(0.0))
+    expected = ((g.clamp_min(0).mean(dim=(2, 3)) * a.mean(dim=(2, 3)) + 0.5)
+                - torch.maximum(g.mean(dim=(2, 3)), torch.tensor(0.0)))
     got = METHODS.get("sycam").fn(x, expression="relu_grad * act_mean + 0.5 - max(gradcam, 0)")
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
     assert METHODS.get("sycam").fn(x, expression="2").shape == (6, 8)
@@ -226,8 +240,8 @@ def test_safe_division_never_gives_nan_or_inf(gapnet, images):
     with torch.no_grad():
         gapnet.features.conv2.weight[:4] = 0   # four channels with all-zero activations: act_mean = 0
         gapnet.features.conv2.bias[:4] = -1
-    result = cambench.explain_many(gapnet, images, {"sycam": {"expression": "gradcam / (gradcam - gradcam) + 1 / act_mean"}},
-                                   "features")
+    expression = "gradcam / (gradcam - gradcam) + 1 / act_mean"
+    result = cambench.explain_many(gapnet, images, {"sycam": {"expression": expression}}, "features")
     assert torch.isfinite(result.raw["sycam"]).all() and not (result.flags["sycam"] & FLAG_NONFINITE).any()
     x = capture(gapnet, images, "features")
     w = evaluate_expression("1 / act_mean", {"act_mean": x.activations.mean(dim=(2, 3))})
@@ -252,7 +266,8 @@ def test_bad_method_parameters(gapnet, images, tmp_path):
 
 
 def test_expression_files_are_written_atomically_and_read_back(tmp_path):
-    path = write_expression(tmp_path / "sub" / "best.txt", "relu( gradcam )*act_mean", comment="metric: pointing_game\nscore: 1")
+    path = write_expression(tmp_path / "sub" / "best.txt", "relu( gradcam )*act_mean",
+                            comment="metric: pointing_game\nscore: 1")
     assert path.read_text() == "# metric: pointing_game\n# score: 1\nrelu(gradcam) * act_mean\n"
     assert read_expression(path) == parse("relu(gradcam) * act_mean")
     assert [p.name for p in path.parent.iterdir()] == ["best.txt"]   # no temp file left behind

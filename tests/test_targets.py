@@ -136,6 +136,7 @@ def test_compute_heatmaps_logs_the_count(tmp_path, caplog, monkeypatch):
     """The job log names the count for Ablation-CAM (the pipeline's heatmap job)."""
     import cambench.pipeline as pipeline
     from cambench.engine import FLAG_COUNTS
+    from cambench.jobs import HeatmapJob
 
     class Writer:
         def __init__(self, *args, **kwargs):
@@ -160,13 +161,12 @@ def test_compute_heatmaps_logs_the_count(tmp_path, caplog, monkeypatch):
 
     monkeypatch.setattr(pipeline, "HeatmapWriter", Writer)
     monkeypatch.setattr(pipeline, "read_shard", lambda *a: Data())
-    monkeypatch.setattr(pipeline, "_load_model", lambda *a: (small_cnn(3), {"architecture": "small_cnn"}))
+    monkeypatch.setattr(pipeline, "load_model", lambda *a: (small_cnn(3), {"architecture": "small_cnn"}))
     monkeypatch.setattr(pipeline, "provenance", lambda *a: {})
     with caplog.at_level(logging.INFO, logger="cambench"):
-        pipeline.compute_heatmaps("d.h5", "m.pt", tmp_path / "h.h5", perturbation="none", level=0,
-                                  methods={"ablationcam": {}, "gradcam": {}}, target_layer="features.block3",
-                                  split="test", class_source="gt", batch_size=4, dtype="float16", seed=0,
-                                  device="cpu")
+        pipeline.compute_heatmaps("d.h5", "m.pt", tmp_path / "h.h5", HeatmapJob(
+            perturbation="none", level=0, methods={"ablationcam": {}, "gradcam": {}}, target_layer="features.block3",
+            split="test", class_source="gt", batch_size=4, dtype="float16", seed=0, device="cpu"))
     lines = [r.getMessage() for r in caplog.records if "n_nonpositive_score" in r.getMessage()]
     assert lines == ["ablationcam none~0: n_constant 0, n_nonfinite 0, n_nonpositive_score 3 of 0 images"]
 

@@ -9,6 +9,7 @@ import torch
 import torchvision
 
 from cambench.data import Prepared, write_dataset
+from cambench.jobs import TrainingJob
 from cambench.models import load_checkpoint
 from cambench.pipeline import train_model
 
@@ -32,9 +33,9 @@ def test_torchvision_weights_are_used_as_they_are_with_zero_epochs(dataset, tmp_
     reference = torchvision.models.resnet18(weights=None, num_classes=3).eval()
     torch.save(reference.state_dict(), tmp_path / "resnet18.pt")   # a plain torchvision state dict
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", architecture="resnet18",
-                         params={"mean": mean, "std": std}, train=TRAIN, seed=0, device="cpu",
-                         weights=str(tmp_path / "resnet18.pt"))
+    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", TrainingJob(
+        architecture="resnet18", params={"mean": mean, "std": std}, train=TRAIN, seed=0, device="cpu",
+        weights=str(tmp_path / "resnet18.pt")))
     assert result["history"] == [] and result["weights_loaded"]["loaded"] > 0
     recorded = json.loads((tmp_path / "t.json").read_text())
     assert recorded["epochs"] == 0 and str(tmp_path / "resnet18.pt") in recorded["provenance"]["inputs"]
@@ -52,11 +53,12 @@ def test_a_new_head_is_trained_on_loaded_weights(dataset, tmp_path):
     imagenet = torchvision.models.resnet18(weights=None, num_classes=1000).state_dict()
     torch.save(imagenet, tmp_path / "imagenet.pt")
     with pytest.raises(ValueError, match=r"imagenet\.pt.*fc\.weight.*weights_exclude"):
-        train_model(path, tmp_path / "m.pt", tmp_path / "t.json", architecture="resnet18", params={},
-                    train={**TRAIN, "epochs": 1}, seed=0, device="cpu", weights=str(tmp_path / "imagenet.pt"))
-    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", architecture="resnet18", params={},
-                         train={**TRAIN, "epochs": 1}, seed=0, device="cpu", weights=str(tmp_path / "imagenet.pt"),
-                         weights_exclude=["net.fc"])
+        train_model(path, tmp_path / "m.pt", tmp_path / "t.json", TrainingJob(
+            architecture="resnet18", params={}, train={**TRAIN, "epochs": 1}, seed=0, device="cpu",
+            weights=str(tmp_path / "imagenet.pt")))
+    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", TrainingJob(
+        architecture="resnet18", params={}, train={**TRAIN, "epochs": 1}, seed=0, device="cpu",
+        weights=str(tmp_path / "imagenet.pt"), weights_exclude=["net.fc"]))
     assert result["weights_loaded"]["excluded"] == 2 and len(result["history"]) == 1
     # every trunk tensor came from the file (the head's two did not): one epoch moves the loaded
     # weights a little, far less than the distance to a fresh initialisation
@@ -76,8 +78,8 @@ def test_a_module_function_model_trains_from_config_names(dataset, tmp_path, mon
         "    return nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),\n"
         "                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, n_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", architecture="my_models:tiny",
-                         params={"width": 6}, train={**TRAIN, "epochs": 2}, seed=0, device="cpu")
+    result = train_model(path, tmp_path / "m.pt", tmp_path / "t.json", TrainingJob(
+        architecture="my_models:tiny", params={"width": 6}, train={**TRAIN, "epochs": 2}, seed=0, device="cpu"))
     assert len(result["history"]) == 2
     model, payload = load_checkpoint(tmp_path / "m.pt")
     assert payload["architecture"] == "my_models:tiny" and model.net[0].out_channels == 6

@@ -8,15 +8,27 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from test_report import HOSTILE, Tags
 
-from cambench.engine import CamResult
+from cambench.engine import METHODS, CamResult, register_method
+from cambench.metrics import METRICS
 from cambench.plots import _save_bounded
 from cambench.store import HeatmapWriter
-from cambench.verdict import (EMBED_FACTOR, GALLERY_SHARE, MAX_GALLERY_BYTES, gallery_byte_cap, identical_map_groups,
-                              identity_note, our_reading, report_levels, table_byte_budget, verdict_html,
-                              verdict_summary_html, verdict_table, zip_tables)
-
-from test_report import HOSTILE, Tags
+from cambench.verdict import (
+    EMBED_FACTOR,
+    GALLERY_SHARE,
+    MAX_GALLERY_BYTES,
+    gallery_byte_cap,
+    identical_map_groups,
+    identity_note,
+    our_reading,
+    report_levels,
+    table_byte_budget,
+    verdict_html,
+    verdict_summary_html,
+    verdict_table,
+    zip_tables,
+)
 
 
 def _summary(rows, n=80):
@@ -70,7 +82,7 @@ def test_verdict_ties_robustness_levels_and_caveats():
             ("x", "gaussian", 0.3, "consistency", 0.3), ("y", "gaussian", 0.3, "consistency", 0.8),
             ("x", "none", 0.0, "relative_drop", 0.1), ("y", "none", 0.0, "relative_drop", 0.2)]
     table = verdict_table(_summary(rows, n=12), _posthoc({("x", "y", "sparseness"): 0.5}), alpha=0.05,
-                          standin={"d": "shapes"}, reading=our_reading(""))
+                          standin={"d": "shapes"}, reading=our_reading())
     by = {(r.metric_family, r.perturbation, r.level): r for r in table.itertuples()}
     assert set(by) == {("complexity", "none", 0.0), ("robustness", "gaussian", 0.3), ("faithfulness", "none", 0.0)}
     assert by[("complexity", "none", 0.0)].best == "x;y"  # equal means: both best
@@ -80,7 +92,7 @@ def test_verdict_ties_robustness_levels_and_caveats():
     for r in table.itertuples():
         assert "d is a synthetic stand-in (standin.kind shapes)" in r.caveats
         assert "few images (at least 12 per metric)" in r.caveats
-    assert "our reading: metric(s) relative_drop" in faithfulness.caveats  # the registry's summary says so
+    assert "our reading: metric(s) relative_drop" in faithfulness.caveats  # its registration says so
     real = verdict_table(_summary(rows), _posthoc({("x", "y", "sparseness"): 0.5}), standin={"d": "none"})
     assert not any("stand-in" in c or "few images" in c for c in real["caveats"])
 
@@ -130,16 +142,31 @@ def test_verdict_pages_escape_user_text():
         assert "".join(parsed.text).count(HOSTILE) >= 2  # the dataset and the method, shown as text
 
 
-def test_our_reading_from_readme_tables_and_registry():
-    readme = "\n".join(["## CAM methods", "| name | what |", "|---|---|",
-                        "| `eigencam` / `eigengradcam` | PCA | `sign_correction` (true; our reading) |",
-                        "| `gradcam` | mean(G) | – |", "## Metrics", "| family | metric | definition |",
-                        "| faithfulness | `deletion_auc` | RISE |",
-                        "| robustness | `consistency` | sim [our reading] |",
-                        "## Statistics", "| `gradcampp` | our reading |"])
-    names = our_reading(readme)
-    assert {"eigencam", "eigengradcam", "consistency", "metacam", "relative_drop"} <= names
-    assert not {"gradcam", "deletion_auc", "gradcampp", "faithfulness"} & names
+# The names README's method and metric tables marked as our reading when the flag replaced them
+# (docs/methods.md §6): a name leaves or joins the set by its registration's our_reading=.
+OUR_READING = {"ablation_area", "ablation_drop", "ablation_flip", "amecam", "box_iou", "cfcam", "conservation_residual",
+               "consistency", "eigencam", "eigengradcam", "finercam", "flip_rate", "hd95", "layercam_ms", "metacam",
+               "micam", "noise_robustness", "relative_drop", "responsiveness", "sensitivity_correlation",
+               "sensitivity_residual"}
+
+
+def test_our_reading_comes_from_the_registrations():
+    assert our_reading() == OUR_READING
+    for registry in (METHODS, METRICS):
+        for name in OUR_READING & set(registry.names()):
+            text = registry.get(name).meta["our_reading"]
+            assert isinstance(text, str) and len(text) > 10  # says what is our reading
+    # a method registered with the flag joins the set, and its label is named in the verdict's caveats
+    register_method("test_read_method", our_reading="all of it")(lambda x: x.activations.sum(1))
+    try:
+        assert our_reading() == OUR_READING | {"test_read_method"}
+        rows = [("label", "none", 0.0, "sparseness", 0.5), ("gradcam", "none", 0.0, "sparseness", 0.5)]
+        table = verdict_table(_summary(rows), _posthoc({}), reading=our_reading(),
+                              methods={"label": {"method": "test_read_method"}, "gradcam": {}})
+        assert "our reading (docs/methods.md §6): method(s) label" in table.iloc[0].caveats
+        assert "gradcam" not in table.iloc[0].caveats
+    finally:
+        del METHODS._entries["test_read_method"]
 
 
 PAPER_SWEEP = [("none", 0.0)] + [(kind, level) for kind in ["gaussian", "shot", "speckle", "salt_and_pepper",

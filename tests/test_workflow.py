@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from browser import assert_verdict_first, chromium_page
+from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 from cambench.data import generate_shapes
 from cambench.engine import FLAG_CONSTANT, FLAG_NONFINITE
 from cambench.metrics import METRICS, metrics
 from cambench.store import read_heatmaps
-
-from browser import assert_verdict_first, chromium_page
-from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 pytestmark = pytest.mark.workflow
 ALL_METRICS = metrics()
@@ -27,8 +26,8 @@ TINY = {
     "seed": 1,
     "device": "cpu",
     "datasets": {
-        "tiny": {"standin": {"kind": "shapes", "counts": {"train": 24, "test": 4}, "classes": ["disk", "cross", "square"],
-                             "image_size": 32, "clutter": 3}},
+        "tiny": {"standin": {"kind": "shapes", "counts": {"train": 24, "test": 4},
+                             "classes": ["disk", "cross", "square"], "image_size": 32, "clutter": 3}},
         "byo": {"root": "mydata"},  # the user's own class-folder set, no masks
     },
     "models": {
@@ -67,7 +66,7 @@ def workdir(tmp_path_factory):
 
 def test_sycam_search_feeds_the_heatmap_jobs(workdir):
     """The searched expression is a parseable text file whose method runs under its label."""
-    from cambench.synthesis import format_expression, read_expression
+    from cambench.sycam import format_expression, read_expression
     for model in ("tiny/tiny_cnn", "byo/byo_cnn"):
         expression = read_expression(workdir / f"results/{model}/sycam/expression.txt")
         table = pd.read_csv(workdir / f"results/{model}/sycam/search.csv")
@@ -81,7 +80,8 @@ def test_sycam_search_feeds_the_heatmap_jobs(workdir):
 
 def test_outputs_exist(workdir):
     for rel in ["results/metrics.csv", "results/tables/metric_summary.csv",
-                "results/tables/friedman.csv", "results/tables/models.csv", "results/figures/distributions_faithfulness.png",
+                "results/tables/friedman.csv", "results/tables/models.csv",
+                "results/figures/distributions_faithfulness.png",
                 "results/figures/rank_heatmap.png", "results/figures/critical_difference_tiny_cnn.png",
                 "results/figures/robustness_curves_byo_cnn.png", "results/figures/consistency_responsiveness.png",
                 "results/tiny/tiny_cnn/figures/gallery_gaussian~0.3.jpg", "results/byo/byo_cnn/heatmaps/none~0.h5"]:
@@ -95,7 +95,8 @@ def test_the_reduce_rules_give_the_numbers_of_the_whole_table(workdir):
 def test_metric_table_is_tidy_complete_and_finite(workdir):
     t = pd.read_parquet(workdir / "results/metrics")
     assert list(t.columns) == ["dataset", "model", "method", "perturbation", "level", "image_id", "label", "target",
-                               "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params", "map_flags"]
+                               "prediction", "label_rank", "clean_prediction", "metric", "value", "score", "params",
+                               "map_flags"]
     assert np.isfinite(t["value"]).all()
     assert set(t["map_flags"].unique()) <= set(range(8))  # engine.FLAG_* bits 1, 2, 4
     tiny = t[t.model == "tiny_cnn"]
@@ -124,7 +125,8 @@ def test_metric_table_is_tidy_complete_and_finite(workdir):
     # consistency rows only where the prediction did not change
     clean = tiny[(tiny.perturbation == "none") & (tiny.metric == "deletion_auc")].set_index(["method", "image_id"])
     cons = tiny[tiny.metric == "consistency"]
-    assert (cons.prediction.to_numpy() == clean.loc[list(zip(cons.method, cons.image_id)), "prediction"].to_numpy()).all()
+    clean_predictions = clean.loc[list(zip(cons.method, cons.image_id)), "prediction"].to_numpy()
+    assert (cons.prediction.to_numpy() == clean_predictions).all()
     assert json.loads(tiny[tiny.metric == "pointing_game"].params.iloc[0]) == {"tolerance_px": 2}
 
 
@@ -178,7 +180,8 @@ def test_perturbed_heatmaps_are_reproducible(workdir, tmp_path):
 def test_summary_and_statistics(workdir):
     s = pd.read_csv(workdir / "results/tables/metric_summary.csv")
     pg = s[(s.metric == "pointing_game")]
-    assert (pg["aggregate"] == "class_mean").all() and (pg.ci_low <= pg["mean"]).all() and (pg["mean"] <= pg.ci_high).all()
+    assert (pg["aggregate"] == "class_mean").all()
+    assert (pg.ci_low <= pg["mean"]).all() and (pg["mean"] <= pg.ci_high).all()
     f = pd.read_csv(workdir / "results/tables/friedman.csv")
     assert set(f.test) == {"friedman"}
     # MPRT leaves out images whose original or randomised map is constant (no similarity), so a method
@@ -268,7 +271,8 @@ def test_lint_is_clean():
 
 
 def test_stored_perturbed_images_give_the_same_heatmaps(workdir):
-    """Runs last (it changes the heatmap jobs' inputs). store_perturbed: true writes the PGD images once and the heatmap job reads them: same maps."""
+    """Runs last (it changes the heatmap jobs' inputs). store_perturbed: true writes the PGD images once and the
+    heatmap job reads them: same maps."""
     target = "results/tiny/tiny_cnn/heatmaps/pgd~8.h5"
     before = read_heatmaps(workdir / target).maps
     (workdir / "tiny_store.yaml").write_text(yaml.safe_dump({**TINY, "store_perturbed": True}))

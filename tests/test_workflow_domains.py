@@ -9,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 from cambench.data import generate_standin
 from cambench.store import read_heatmaps
-
-from workflow_helpers import ROOT, assert_reduce_equals_whole_table, copy_workflow, run_config, snakemake
 
 DOMAINS = yaml.safe_load((ROOT / "config" / "domains.yaml").read_text())
 

@@ -11,14 +11,13 @@ import pytest
 import torch
 import torchvision
 import yaml
+from workflow_helpers import ROOT, copy_workflow, snakemake
 
 import cambench
 from cambench.data import read_dataset
 from cambench.models import load_checkpoint
 from cambench.models.external import IMAGENET_MEAN, IMAGENET_STD
 from cambench.store import read_heatmaps
-
-from workflow_helpers import ROOT, copy_workflow, snakemake
 
 pytestmark = pytest.mark.workflow
 

@@ -8,7 +8,7 @@ in eval mode (each module's mode is restored afterwards) and the loss summed ove
 each image's gradient is its own: results do not depend on how images are batched. Images are
 processed in chunks sized by ``memory_mb``; each chunk runs all its steps as one batch.
 
-Random starts use the counter-based generator of :mod:`cambench.perturbations` (stream 4 of the
+Random starts use the counter-based generator of :mod:`cambench.counter_rng` (stream 4 of the
 perturbation keys), so they are deterministic per (seed, kind, level, image key).
 
 PART (Zhang et al., ICML 2024) gives every element its own budget ε_map ∈ {ε_low, ε}: full ε where
@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .perturbations import _uniform, register_perturbation
+from .counter_rng import uniform
 from .utils import eval_mode
 
 MAX_LEVEL = 255.0  # ε = 1: every image in [0, 1] is within reach
@@ -57,6 +58,18 @@ _JET_NODES = {
     "blue": ((0.0, 0.5), (0.11, 1.0), (0.34, 1.0), (0.65, 0.0), (1.0, 0.0)),
 }
 JET_N = 256  # matplotlib's default lookup-table size
+
+# name -> (function, registration metadata): cambench.perturbations registers them beside the noise
+# kinds, so that this module need not import that one (which builds AttackInputs for them).
+ATTACKS: dict[str, tuple[Callable, dict]] = {}
+
+
+def attack(name: str, **meta) -> Callable[[Callable], Callable]:
+    """Declare an adversarial perturbation (the arguments of ``register_perturbation``)."""
+    def deco(fn: Callable) -> Callable:
+        ATTACKS[name] = (fn, meta)
+        return fn
+    return deco
 
 
 @dataclass
@@ -96,7 +109,7 @@ def _labels(x: AttackInputs) -> Tensor:
 
 
 def _chunks(images: Tensor, memory_mb: float) -> list[slice]:
-    from .metrics import chunk_size  # lazy: cambench.metrics imports much of the package
+    from .metrics.base import chunk_size  # lazy: importing cambench.metrics registers every metric
 
     per_image = BACKWARD_MEMORY_FACTOR * images[:1].numel() * images.element_size()
     step = chunk_size(per_image, memory_mb)
@@ -114,7 +127,7 @@ def loss_gradient(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
 
 def random_start(keys: Tensor, images: Tensor, eps: float) -> Tensor:
     """δ uniform in [−ε, ε] per element, keyed per image (independent of batching and device)."""
-    u = _uniform(keys, tuple(images.shape[1:]), RANDOM_START_STREAM).to(images.device, images.dtype)
+    u = uniform(keys, tuple(images.shape[1:]), RANDOM_START_STREAM).to(images.device, images.dtype)
     return (u * 2 - 1) * eps
 
 
@@ -131,9 +144,9 @@ def projected_ascent(model: nn.Module, images: Tensor, labels: Tensor, start: Te
     return adv
 
 
-@register_perturbation("fgsm", bounds={"memory_mb": "(0, inf)"},
-                       needs=("model", "labels"), max_level=MAX_LEVEL,
-                       summary="FGSM: x + ε·sign(∇x CE(model(x), label)), ε = level/255, clipped")
+@attack("fgsm", bounds={"memory_mb": "(0, inf)"},
+        needs=("model", "labels"), max_level=MAX_LEVEL,
+        summary="FGSM: x + ε·sign(∇x CE(model(x), label)), ε = level/255, clipped")
 def fgsm(x: AttackInputs, *, memory_mb: float = 1024.0) -> Tensor:
     """One signed-gradient step of size ε on the cross-entropy of the true labels, clipped to [0, 1].
 
@@ -157,10 +170,10 @@ def _per_chunk(x: AttackInputs, memory_mb: float, attack) -> Tensor:
     return out
 
 
-@register_perturbation("pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)"},
-                       needs=("model", "labels"), max_level=MAX_LEVEL,
-                       summary="L∞ PGD on the true labels' cross-entropy, ε = level/255, step = step_ratio·ε, "
-                               "keyed random start")
+@attack("pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)"},
+        needs=("model", "labels"), max_level=MAX_LEVEL,
+        summary="L∞ PGD on the true labels' cross-entropy, ε = level/255, step = step_ratio·ε, "
+                "keyed random start")
 def pgd(x: AttackInputs, *, steps: int = 10, step_ratio: float = 0.25, random_start: bool = True,
         memory_mb: float = 1024.0) -> Tensor:
     """L∞ PGD (Madry et al.): ``steps`` sign-gradient steps of ``step_ratio``·ε (PART's 2/255 at
@@ -267,11 +280,11 @@ def part_eps_map(model: nn.Module, images: Tensor, target_layer, eps: float, eps
     return eps_map.expand_as(images).contiguous()
 
 
-@register_perturbation("part_pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)",
-                                           "mask_mode": MASK_MODES, "tau": "[0, 1]", "eps_low_ratio": "[0, 1]"},
-                       needs=("model", "labels", "target_layer"), max_level=MAX_LEVEL,
-                       summary="PART's CAM-reweighted PGD: budget ε (level/255) on CAM-marked elements, "
-                               "eps_low_ratio·ε elsewhere")
+@attack("part_pgd", bounds={"steps": "int [1, inf)", "step_ratio": "(0, inf)", "memory_mb": "(0, inf)",
+                            "mask_mode": MASK_MODES, "tau": "[0, 1]", "eps_low_ratio": "[0, 1]"},
+        needs=("model", "labels", "target_layer"), max_level=MAX_LEVEL,
+        summary="PART's CAM-reweighted PGD: budget ε (level/255) on CAM-marked elements, "
+                "eps_low_ratio·ε elsewhere")
 def part_pgd(x: AttackInputs, *, method: str = "gradcam", mask_mode: str = "auto", tau: float = 0.5,
              eps_low_ratio: float = 7 / 8, steps: int = 10, step_ratio: float = 0.25, random_start: bool = True,
              memory_mb: float = 1024.0) -> Tensor:

@@ -84,7 +84,8 @@ def _normal(point: float, variance: float, level: float) -> tuple[float, float, 
     return float(point), float(point - half), float(point + half)
 
 
-def normal_mean_ci(values: np.ndarray, classes: np.ndarray | None, level: float = CI_LEVEL) -> tuple[float, float, float]:
+def normal_mean_ci(values: np.ndarray, classes: np.ndarray | None,
+                   level: float = CI_LEVEL) -> tuple[float, float, float]:
     """The mean (or the mean of class means) and its normal-approximation interval: variance s^2 / n, or
     sum_c s_c^2 / n_c / K^2 for the mean of K class means (sample variances, ddof 1)."""
     if classes is None:

@@ -149,7 +149,7 @@ def _dot(err: ValueError) -> str:
 
 def _check_sycam(config: dict, workdir: Path) -> None:
     """Expressions parse; a searched expression has a usable metric, split and ground truth."""
-    from .synthesis import TERMINALS, parse
+    from .sycam import TERMINALS, parse
     searched = []
     for label, params in config["cam"]["methods"].items():
         name, params = method_of(label, params)
@@ -241,11 +241,40 @@ def _check_preprocessing(key: str, ds: dict, fmt: str, dims: int, workdir: Path,
                           f"shorter side after resizing); torchvision's evaluation uses e.g. resize 256, crop 224")
 
 
+def standin_params(kind: str) -> dict:
+    """The parameters (with defaults) a non-shapes stand-in ``kind`` takes in ``standin.params``: the
+    keyword arguments of its format's generator, less the counts and seed the workflow passes."""
+    from .data import FORMATS, standin_format
+    generator = FORMATS.get(standin_format(kind)).meta["standin"]
+    return {p.name: p.default for p in inspect.signature(generator).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("counts", "seed")}
+
+
+def _check_names(key: str, ds: dict) -> None:
+    """The names a registry knows (the format, the stand-in kind, the shape classes): checked here, not
+    listed in the schema, so that a format registered in cambench.data is known everywhere at once."""
+    from .data import FORMATS, SHAPES, STANDIN_FORMATS
+    fmt = ds.get("format", "imagefolder")
+    if fmt not in FORMATS:
+        raise ConfigError(f"config key '{key}.format': unknown format {fmt!r}; registered: "
+                          f"{', '.join(FORMATS.names())}")
+    standin = ds.get("standin") or {}
+    kind = standin.get("kind", "none")
+    if kind != "none" and kind not in STANDIN_FORMATS:
+        raise ConfigError(f"config key '{key}.standin.kind': {kind!r} is not allowed; stand-in kinds: none, "
+                          f"{', '.join(sorted(STANDIN_FORMATS))}")
+    for i, shape in enumerate(standin.get("classes") or []):
+        if shape not in SHAPES:
+            raise ConfigError(f"config key '{key}.standin.classes.{i}': {shape!r} is not allowed; allowed values: "
+                              f"{list(SHAPES)}")
+
+
 def _check_dataset(name: str, ds: dict, split: str, workdir: Path, trains: bool = True) -> None:
     """Format, options, stand-in parameters, and (for real data) the layout on disk. ``trains``:
     some model trains on this dataset (else no train split is needed)."""
     from .data import FORMATS, DataError, check_source, item_dims, standin_format
     key = f"datasets.{name}"
+    _check_names(key, ds)
     fmt = ds.get("format", "imagefolder")
     if is_standin(ds):
         kind = ds["standin"]["kind"]
@@ -264,9 +293,7 @@ def _check_dataset(name: str, ds: dict, split: str, workdir: Path, trains: bool 
             raise ConfigError(f"config key '{key}.standin.params': the shapes stand-in takes its keys "
                               f"(classes, image_size, clutter, noise) in 'standin' itself")
         if kind != "shapes":
-            generator = FORMATS.get(fmt).meta["standin"]
-            allowed = {p.name: p.default for p in inspect.signature(generator).parameters.values()
-                       if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("counts", "seed")}
+            allowed = standin_params(kind)
             unknown = sorted(set(params) - set(allowed))
             if unknown:
                 raise ConfigError(f"config key '{key}.standin.params': unknown parameter(s) {unknown} of the "

@@ -75,8 +75,8 @@ PAPERS: dict[str, Paper] = {p.key: p for p in [
     Paper("bird2023_cifake", "Bird & Lotfi, CIFAKE (arXiv 2303.14126)",
           "Grad-CAM on REAL vs FAKE images: where the maps look (object vs background artefact), accuracy",
           ("cifake",), ("gradcam",), ("pointing_game", "energy_pointing_game"),
-          ({"quantity": "test_accuracy", "value": 0.9298, "method": "-", "dataset": "CIFAKE", "model": "best of 36 CNNs",
-            "tag": "checked-paper"},
+          ({"quantity": "test_accuracy", "value": 0.9298, "method": "-", "dataset": "CIFAKE",
+            "model": "best of 36 CNNs", "tag": "checked-paper"},
            {"quantity": "claim", "tag": "checked-paper (abstract)",
             "note": "Grad-CAM shows the model attends to small imperfections in the background, not the object"})),
     Paper("chen2023_amecam", "Chen et al., AME-CAM (MICCAI 2023)",
@@ -169,7 +169,8 @@ def _ground_truth(params: pd.Series) -> str:
     return " and ".join(GROUND_TRUTHS.get(g, f"gt_box {g!r}") for g in used)
 
 
-def gradcam_localisation(paper: Paper, summary, table, models, n_boot, seed, box_iou_threshold: float = 0.5) -> list[dict]:
+def gradcam_localisation(paper: Paper, summary, table, models, n_boot, seed,
+                         box_iou_threshold: float = 0.5) -> list[dict]:
     """Grad-CAM's ILSVRC errors (docs/papers.md §1), in %, per method, beside the pointing game:
 
     - localisation error top-1 = 100 (1 - mean(prediction == label and box IoU >= 0.5));
@@ -233,7 +234,8 @@ def ensemble_rows(paper: Paper, ensembles: dict[str, pd.DataFrame]) -> list[dict
     return rows
 
 
-def _test_rows(paper: Paper, stats_tables: dict[str, pd.DataFrame], models: list[str], pairs: set | None = None) -> list[dict]:
+def _test_rows(paper: Paper, stats_tables: dict[str, pd.DataFrame], models: list[str],
+               pairs: set | None = None) -> list[dict]:
     """The statistics tables' rows for the paper's metrics and models (Friedman, post-hoc, Kruskal)."""
     rows = []
     for name, frame in stats_tables.items():
@@ -368,42 +370,6 @@ def write_paper_tables(papers: dict[str, list[str]], summary_csv, metric_table, 
     return out
 
 
-def metacam_ensembles(dataset_path, model_path, output, *, components: list[str], component_params: dict,
-                      k: float | str, consensus: str, metric_params: dict, split: str, dataset: str, model: str,
-                      target_layer: str, images: int, batch_size: int, memory_mb: float, seed: int,
-                      device: str = "auto", k_grid: list[float] | None = None) -> pd.DataFrame:
-    """ROAD (combined) of the MetaCAM map of every subset of ``components`` on the first ``images``
-    images of ``split``, and each component's Cumulative Residual Effect (docs/methods.md §2.11); ``k``
-    'adaptive' chooses each image's k from ``k_grid`` (the method's grid when None)."""
-    import torch
-
-    from .data import read_dataset
-    from .methods.metacam import cumulative_residual_effect, ensemble_sweep
-    from .pipeline import _load_model, default_target_layer
-    from .utils import pick_device
-
-    if len(components) < 2:
-        raise ValueError(f"papers.metacam.components: needs >= 2 components, got {components}")
-    torch.manual_seed(seed)
-    dev = pick_device(device)
-    ds = read_dataset(dataset_path, split)
-    net, payload = _load_model(model_path, dev)
-    target_layer = target_layer or default_target_layer(payload["architecture"])
-    x = torch.from_numpy(ds.images[:images]).to(dev).float()
-    scores = ensemble_sweep(net, x, target_layer, components, None, component_params, consensus, k,
-                            "road_combined", metric_params, batch_size, memory_mb,
-                            **({} if k_grid is None else {"k_grid": k_grid}))
-    cre = cumulative_residual_effect(scores, components)
-    rows = [{"dataset": dataset, "model": model, "kind": "subset", "subset": "+".join(sorted(s)), "size": len(s),
-             "value": v} for s, v in sorted(scores.items(), key=lambda kv: (len(kv[0]), sorted(kv[0])))]
-    rows += [{"dataset": dataset, "model": model, "kind": "cre", "subset": m, "size": np.nan, "value": v}
-             for m, v in cre.items()]
-    out = pd.DataFrame(rows)
-    with atomic_path(output) as tmp:
-        out.to_csv(tmp, index=False, float_format="%.6g")
-    return out
-
-
 def cifake_figure(dataset_path, heatmaps_path, output, *, split: str, method: str = "gradcam",
                   per_class: int = 6) -> None:
     """CIFAKE's figure type: Grad-CAM overlays on REAL and FAKE test images, one row pair per class
@@ -411,7 +377,7 @@ def cifake_figure(dataset_path, heatmaps_path, output, *, split: str, method: st
     import matplotlib.pyplot as plt
 
     from .data import read_dataset
-    from .plots import _save, show_image
+    from .plots import save_figure, show_image
     from .store import read_heatmaps
 
     ds = read_dataset(dataset_path, split)
@@ -439,4 +405,4 @@ def cifake_figure(dataset_path, heatmaps_path, output, *, split: str, method: st
                 bottom.contour(ds.masks[i], levels=[0.5], colors="white", linewidths=0.7)
     fig.suptitle(f"{method} on {split} images (true → predicted); white: the planted region", fontsize=8)
     fig.tight_layout()
-    _save(fig, output)
+    save_figure(fig, output)

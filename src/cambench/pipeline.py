@@ -1,14 +1,13 @@
 """Workflow stages as plain functions: each script in ``scripts/`` calls exactly one of them.
 
-All of them take paths and plain parameters (no Snakemake objects), so they are importable and
-tested without Snakemake.
+All of them take paths and plain parameters or a job's settings as a typed object (cambench.jobs;
+docs/design.md §4), never Snakemake objects, so they are importable and tested without Snakemake.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,13 +17,21 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .data import generate_standin as generate_standin_files
 from .data import prepare, read_dataset, split_size
 from .engine import METHODS, explain_many, method_applies, method_of
+from .jobs import HeatmapJob, MetricJob, TrainingJob
+from .methods.metacam import cumulative_residual_effect, ensemble_sweep
 from .metrics import METRICS, evaluate_applies
 from .metrics.localisation import label_class_boxes
-from .models import (build_model, load_checkpoint, load_weights, resolve_architecture, save_checkpoint,
-                     train_classifier)
+from .models import (
+    build_model,
+    default_target_layer,
+    load_checkpoint,
+    load_weights,
+    resolve_architecture,
+    save_checkpoint,
+    train_classifier,
+)
 from .perturbations import perturb, perturbation_needs
 from .plan import metric_progress_steps
 from .provenance import provenance
@@ -72,22 +79,6 @@ def _json(obj) -> str:
 # ------------------------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------------------------
-
-def generate_standin(output_dir: str | Path, spec: dict, seed: int) -> dict:
-    """Write the stand-in of ``spec['kind']`` in its real layout: <output_dir>/data (+ /masks)."""
-    out = Path(output_dir)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    params = dict(spec.get("params") or {})
-    if spec["kind"] == "shapes":  # the shapes generator's own keys sit in the stand-in block itself
-        params.update({k: spec[k] for k in ("classes", "image_size", "clutter", "noise") if k in spec})
-    generate_standin_files(spec["kind"], tmp, counts=spec["counts"], seed=seed, **params)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    n = sum(1 for p in (out / "data").rglob("*") if p.is_file())
-    log.info("wrote %d stand-in files (%s) to %s", n, spec["kind"], out)
-    return {"files": n}
-
 
 def prepare_dataset(fmt: str, root: str | Path, output: str | Path, *, mask_root: str | Path | None = None,
                     options: dict | None = None, channels: int = 3, seed: int = 0,
@@ -141,14 +132,15 @@ def _top_k_accuracy(model, ds, dev, batch_size: int = 256, k: int = 5) -> tuple[
     return top1 / max(len(ds), 1), topk / max(len(ds), 1)
 
 
-def train_model(dataset_path: str | Path, output_model: str | Path, output_metrics: str | Path, *,
-                architecture: str, params: dict, train: dict, seed: int, device: str = "auto",
-                eval_split: str = "test", weights: str = "", weights_exclude: list[str] = (),
-                config: dict | None = None, name: str = "", dataset: str = "") -> dict:
-    """Build, optionally load local ``weights``, train (unless ``train['epochs']`` is 0: then no
+def train_model(dataset_path: str | Path, output_model: str | Path, output_metrics: str | Path, job: TrainingJob,
+                *, config: dict | None = None) -> dict:
+    """Build, optionally load local ``job.weights``, train (unless ``job.train['epochs']`` is 0: then no
     train split is read or needed), check that the model emits one logit per class of the dataset's
-    class mapping, record accuracy on ``eval_split``, and write the checkpoint."""
-    dev = pick_device(device)
+    class mapping, record accuracy on ``job.eval_split``, and write the checkpoint. ``config``: for the
+    provenance record only."""
+    architecture, params, train, seed = job.architecture, job.params, job.train, job.seed
+    eval_split, weights = job.eval_split, job.weights
+    dev = pick_device(job.device)
     test_set = read_dataset(dataset_path, eval_split)
     train_set = read_dataset(dataset_path, "train") if train["epochs"] else None
     stats_set = train_set or test_set  # the file's mean/std: the train split's, else all images'
@@ -158,11 +150,11 @@ def train_model(dataset_path: str | Path, output_model: str | Path, output_metri
                    **params}
     torch.manual_seed(seed)
     model = build_model(architecture, **arch_params)
-    loaded = load_weights(model, weights, exclude=list(weights_exclude)) if weights else None
+    loaded = load_weights(model, weights, exclude=list(job.weights_exclude)) if weights else None
     if loaded:
         log.info("weights from %s: %s", weights, loaded)
     model = model.to(dev)
-    _check_logits(model, test_set, dev, name or architecture, dataset)
+    _check_logits(model, test_set, dev, job.model or architecture, job.dataset)
     start = time.perf_counter()
     history = []
     if train["epochs"]:  # 0 epochs: the loaded weights as they are
@@ -213,13 +205,9 @@ def _check_logits(model, ds, dev, name: str, dataset: str) -> None:
                          f"(e.g. ImageNet's LOC_synset_mapping.txt for a 1000-way head)")
 
 
-def _load_model(model_path: str | Path, dev: torch.device):
+def load_model(model_path: str | Path, dev: torch.device):
     model, payload = load_checkpoint(model_path, map_location=dev)
     return model.eval(), payload
-
-
-def default_target_layer(architecture: str) -> str:
-    return resolve_architecture(architecture).meta.get("default_target_layer", "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,7 +255,7 @@ def store_perturbed(dataset_path: str | Path, model_path: str | Path, output: st
     import h5py
     dev = pick_device(device)
     ds = read_shard(dataset_path, split, shard)
-    model, payload = _load_model(model_path, dev)
+    model, payload = load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     with atomic_path(output) as tmp, h5py.File(tmp, "w") as f:
         shape = (len(ds),) + tuple(ds.images.shape[1:])
@@ -294,43 +282,42 @@ def read_perturbed(path: str | Path, ds, index: slice, perturbation: str, level:
         return torch.from_numpy(f["images"][index]).to(dev)
 
 
-def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: str | Path, *,
-                     perturbation: str, level: float, methods: dict, target_layer: str, split: str,
-                     class_source: str, batch_size: int, dtype: str, seed: int, device: str = "auto",
-                     memory_mb: float = 1024.0, extra_inputs: list | None = None,
-                     names: dict | None = None, config: dict | None = None,
-                     perturbation_params: dict | None = None, perturbed: str | Path | None = None,
-                     shard: tuple[int, int] | None = None, store: str = "feature") -> None:
-    """All methods for one (perturbation, level), on the split or its ``shard`` = (start, stop):
-    one forward + backward per batch serves them all. ``store`` (cam.store): 'feature' keeps the
-    maps at feature resolution, rebuilt on read (cambench.store)."""
-    dev = pick_device(device)
-    ds = read_shard(dataset_path, split, shard)
+def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: str | Path, job: HeatmapJob, *,
+                     perturbed: str | Path | None = None, extra_inputs: list | None = None,
+                     config: dict | None = None) -> None:
+    """All methods for one (perturbation, level), on the split or its ``job.shard`` = (start, stop):
+    one forward + backward per batch serves them all. ``job.store`` (cam.store): 'feature' keeps the
+    maps at feature resolution, rebuilt on read (cambench.store). ``perturbed``: the stored perturbed
+    images (else regenerated from the seed); ``extra_inputs`` (the searched SyCAM expression) and
+    ``config`` are recorded in the provenance."""
+    perturbation, level, seed, shard, batch_size = job.perturbation, job.level, job.seed, job.shard, job.batch_size
+    dev = pick_device(job.device)
+    ds = read_shard(dataset_path, job.split, shard)
     first = int(shard[0]) if shard else 0  # the shard's first row in the split
-    model, payload = _load_model(model_path, dev)
-    layer = target_layer or default_target_layer(payload["architecture"])
-    methods = {m: dict(p or {}) for m, p in methods.items()}
+    model, payload = load_model(model_path, dev)
+    layer = job.target_layer or default_target_layer(payload["architecture"])
+    methods = {m: dict(p or {}) for m, p in job.methods.items()}
     skipped = sorted(m for m, p in methods.items() if not method_applies(m, p, model))
     if skipped:
-        log.info("not applicable to %s (%s), skipped: %s", (names or {}).get("model", model_path),
+        log.info("not applicable to %s (%s), skipped: %s", job.model or model_path,
                  payload["architecture"], ", ".join(skipped))
         methods = {m: p for m, p in methods.items() if m not in skipped}
     inputs = [dataset_path, model_path, *(extra_inputs or []), *([perturbed] if perturbed else [])]
     attrs = {"provenance": _json(provenance(config, inputs, seed, dev)),
              "perturbation": perturbation, "level": float(level), "seed": seed, "target_layer": layer,
-             "perturbation_params": _json(perturbation_params or {}),
-             "class_source": class_source, "skipped_methods": _json(skipped), "split": split,
+             "perturbation_params": _json(job.perturbation_params),
+             "class_source": job.class_source, "skipped_methods": _json(skipped), "split": job.split,
              "rows": _json([first, first + len(ds)]),
-             **(names or {})}
+             **{key: name for key, name in (("dataset", job.dataset), ("model", job.model)) if name}}
     n = len(ds)
-    with HeatmapWriter(output, ds.ids, ds.labels, methods, dtype, attrs, store) as writer, \
+    with HeatmapWriter(output, ds.ids, ds.labels, methods, job.dtype, attrs, job.store) as writer, \
             _progress(n, f"heatmaps {perturbation}~{level}") as bar:
         for start in range(0, n, batch_size):
             index = slice(start, min(start + batch_size, n))
             images = perturbed_pixels(ds, index, perturbation, level, seed, dev, model=model, target_layer=layer,
-                                      params=perturbation_params, batch_size=batch_size, stored=perturbed)
-            targets = torch.from_numpy(ds.labels[index]).to(dev) if class_source == "gt" else None
-            writer.write(start, explain_many(model, images, methods, layer, targets, memory_mb=memory_mb))
+                                      params=job.perturbation_params, batch_size=batch_size, stored=perturbed)
+            targets = torch.from_numpy(ds.labels[index]).to(dev) if job.class_source == "gt" else None
+            writer.write(start, explain_many(model, images, methods, layer, targets, memory_mb=job.memory_mb))
             bar.update(index.stop - index.start)
     # The flag counts (attributes of the file) in the job log too; a method with flags of its own
     # (Ablation-CAM: target score <= 0, which it divides by) always reports them.
@@ -348,10 +335,10 @@ def compute_heatmaps(dataset_path: str | Path, model_path: str | Path, output: s
 def search_sycam(dataset_path: str | Path, model_path: str | Path, output_expression: str | Path,
                  output_table: str | Path, *, target_layer: str, search: dict, class_source: str, seed: int,
                  device: str = "auto", memory_mb: float = 1024.0, config: dict | None = None) -> dict:
-    """Run :func:`cambench.synthesis.synthesise` on ``search['images']`` images of ``search['split']``
+    """Run :func:`cambench.sycam.synthesise` on ``search['images']`` images of ``search['split']``
     and write the best expression (a text file usable as ``sycam: {expression: file:...}``) and
     the table of every expression scored."""
-    from .synthesis import synthesise, write_expression
+    from .sycam import synthesise, write_expression
     dev = pick_device(device)
     ds = read_dataset(dataset_path, search["split"])
     rng = np.random.default_rng(seed)
@@ -361,7 +348,7 @@ def search_sycam(dataset_path: str | Path, model_path: str | Path, output_expres
     if "masks" in needs and ds.masks is None:
         raise ValueError(f"{dataset_path}: cam.sycam.metric '{metric}' needs ground-truth masks, "
                          f"which split '{search['split']}' of this dataset does not have")
-    model, payload = _load_model(model_path, dev)
+    model, payload = load_model(model_path, dev)
     layer = target_layer or default_target_layer(payload["architecture"])
     images = ds.pixels(index, dev)
     masks = torch.from_numpy(ds.masks[index]).to(dev) if ds.masks is not None and "masks" in needs else None
@@ -402,26 +389,25 @@ def metric_params(name: str, params: dict | None, score: str, inputs: set[str] |
 
 
 def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_path: str | Path,
-                    clean_heatmaps_path: str | Path, output: str | Path, *, metrics: dict, score: str,
-                    memory_mb: float, perturbation: str, level: float, split: str, seed: int,
-                    dataset: str, model: str, device: str = "auto", batch_size: int = 64,
-                    perturbation_params: dict | None = None, perturbed: str | Path | None = None,
-                    config: dict | None = None, shard: tuple[int, int] | None = None) -> pd.DataFrame:
+                    clean_heatmaps_path: str | Path, output: str | Path, job: MetricJob, *,
+                    perturbed: str | Path | None = None, config: dict | None = None) -> pd.DataFrame:
     """Tidy table: one row per image × method × metric for this (perturbation, level).
 
     A metric that does not apply to an image (no mask, prediction changed, the clean level for a
     robustness metric, no channel weights for a sensitivity axiom) produces no row, never a NaN.
     Metrics that re-explain images (max-sensitivity, MPRT, axioms) use each method's parameters and
-    target layer as stored in the heatmap file, in batches of ``batch_size``.
+    target layer as stored in the heatmap file, in batches of ``job.batch_size``. ``perturbed``: the
+    stored perturbed images (else regenerated from the seed); ``config``: for the provenance record.
     """
-    dev = pick_device(device)
-    ds = read_shard(dataset_path, split, shard)
+    metrics, perturbation, level, split, seed = job.metrics, job.perturbation, job.level, job.split, job.seed
+    dev = pick_device(job.device)
+    ds = read_shard(dataset_path, split, job.shard)
     supplied = {name for name, value in (("masks", ds.masks), ("boxes", ds.boxes)) if value is not None}
     try:  # before any model or perturbation work: gt_box "boxes" on a data set without boxes
-        full_params = {name: metric_params(name, params, score, supplied) for name, params in metrics.items()}
+        full_params = {name: metric_params(name, params, job.score, supplied) for name, params in metrics.items()}
     except ValueError as err:
-        raise ValueError(f"metrics.compute ({dataset_path}, data set '{dataset}'): {err}") from None
-    net, _ = _load_model(model_path, dev)
+        raise ValueError(f"metrics.compute ({dataset_path}, data set '{job.dataset}'): {err}") from None
+    net, _ = load_model(model_path, dev)
     hm = read_heatmaps(heatmaps_path, raw=True)
     clean = read_heatmaps(clean_heatmaps_path) if perturbation != "none" else None
     for other in filter(None, [hm, clean]):
@@ -429,7 +415,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
             raise ValueError(f"{heatmaps_path}: image ids do not match the '{split}' split of {dataset_path}")
     layer = str(hm.attrs.get("target_layer", ""))
     images = perturbed_pixels(ds, slice(None), perturbation, level, seed, dev, model=net, target_layer=layer,
-                              params=perturbation_params, batch_size=batch_size, stored=perturbed)
+                              params=job.perturbation_params, batch_size=job.batch_size, stored=perturbed)
     masks = torch.from_numpy(ds.masks).to(dev) if ds.masks is not None else None
     if "boxes" in supplied:  # box_iou's ground truth: the boxes of each image's label class, padded
         boxes, box_valid = label_class_boxes(*(torch.from_numpy(a).to(dev) for a in
@@ -441,9 +427,9 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
     predictions = torch.from_numpy(hm.predictions).to(dev)
     clean_predictions = clean.predictions if clean is not None else hm.predictions
     shared = {"masks": masks, "boxes": boxes, "box_valid": box_valid, "fill": images.new_tensor(ds.mean),
-              "memory_mb": memory_mb, "predictions": predictions, "target_layer": layer, "network": net,
+              "memory_mb": job.memory_mb, "predictions": predictions, "target_layer": layer, "network": net,
               "keys": torch.from_numpy(ds.keys.astype(np.int64)).to(dev),
-              "batch_size": batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev),
+              "batch_size": job.batch_size, "cache": {}, "scores": torch.from_numpy(hm.scores).to(dev),
               # re-explaining metrics (max-sensitivity, MPRT) explain every method in one pass
               "table_methods": {m: (method_specs.get(m, {}), torch.from_numpy(maps)) for m, maps in hm.maps.items()}}
     if clean is not None:
@@ -474,7 +460,7 @@ def compute_metrics(dataset_path: str | Path, model_path: str | Path, heatmaps_p
                 if not np.isfinite(vals).all():
                     raise FloatingPointError(f"metric '{name}' produced non-finite values for method '{method}'")
                 frames.append(pd.DataFrame({
-                    "dataset": dataset, "model": model, "method": method, "perturbation": perturbation,
+                    "dataset": job.dataset, "model": job.model, "method": method, "perturbation": perturbation,
                     "level": float(level), "image_id": ds.ids[keep], "label": ds.labels[keep],
                     "target": hm.targets[keep], "prediction": hm.predictions[keep],
                     # 1 = the label is the top-1 prediction; missing (NA) for heatmap files without it
@@ -522,3 +508,31 @@ def models_table(train_jsons: dict[str, str], output: str | Path) -> pd.DataFram
         table.to_csv(tmp, index=False, float_format="%.4f")
     return table
 
+
+def metacam_ensembles(dataset_path, model_path, output, *, components: list[str], component_params: dict,
+                      k: float | str, consensus: str, metric_params: dict, split: str, dataset: str, model: str,
+                      target_layer: str, images: int, batch_size: int, memory_mb: float, seed: int,
+                      device: str = "auto", k_grid: list[float] | None = None) -> pd.DataFrame:
+    """ROAD (combined) of the MetaCAM map of every subset of ``components`` on the first ``images``
+    images of ``split``, and each component's Cumulative Residual Effect (docs/methods.md §2.11); ``k``
+    'adaptive' chooses each image's k from ``k_grid`` (the method's grid when None)."""
+    if len(components) < 2:
+        raise ValueError(f"papers.metacam.components: needs >= 2 components, got {components}")
+    torch.manual_seed(seed)
+    dev = pick_device(device)
+    ds = read_dataset(dataset_path, split)
+    net, payload = load_model(model_path, dev)
+    target_layer = target_layer or default_target_layer(payload["architecture"])
+    x = torch.from_numpy(ds.images[:images]).to(dev).float()
+    scores = ensemble_sweep(net, x, target_layer, components, None, component_params, consensus, k,
+                            "road_combined", metric_params, batch_size, memory_mb,
+                            **({} if k_grid is None else {"k_grid": k_grid}))
+    cre = cumulative_residual_effect(scores, components)
+    rows = [{"dataset": dataset, "model": model, "kind": "subset", "subset": "+".join(sorted(s)), "size": len(s),
+             "value": v} for s, v in sorted(scores.items(), key=lambda kv: (len(kv[0]), sorted(kv[0])))]
+    rows += [{"dataset": dataset, "model": model, "kind": "cre", "subset": m, "size": np.nan, "value": v}
+             for m, v in cre.items()]
+    out = pd.DataFrame(rows)
+    with atomic_path(output) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.6g")
+    return out

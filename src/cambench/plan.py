@@ -46,7 +46,7 @@ from torch.utils.flop_counter import flop_registry
 from .config import is_standin, perturbation_sweep, validate_config
 from .engine import METHODS, method_applies, method_of, resolve_layer
 from .metrics import METRICS
-from .models import build_model
+from .models import build_model, default_target_layer
 from .perturbations import perturbation_needs, perturbation_params
 from .store import map_bytes
 
@@ -118,12 +118,22 @@ def _declared_cost(entry, params: dict, layer: dict):
     return declared(full, layer) if callable(declared) else declared
 
 
+def _method_own_work(declared: dict, layer: dict) -> Work:
+    """The work a method's declaration states, plus the metric calls it declares as
+    ``metric_calls: [(metric, params, calls per image)]`` (MetaCAM's adaptive k scores every k of its
+    grid), each counted by the metric's own declaration."""
+    work = _work(declared)
+    for metric, metric_params, calls in declared.get("metric_calls", ()):
+        work += calls * metric_work(metric, metric_params, layer)
+    return work
+
+
 def method_work(name: str, params: dict, layer: dict) -> Work:
     """A method's own model work per image beyond the forward (+ backward) the engine shares between
     all methods of a batch, with its members (MetaCAM's components) included. ``layer``:
     ``{"channels": K, "classes": C}`` of the target layer and model."""
     declared = _declared_cost(METHODS.get(name), params, layer)
-    work = _work(declared)
+    work = _method_own_work(declared, layer)
     for member, member_params in declared.get("members", ()):
         work += method_work(member, member_params, layer)
     return work
@@ -149,7 +159,7 @@ def heatmap_work(methods: dict[str, dict], layer: dict) -> tuple[Work, dict[str,
     for label, params in methods.items():
         name, params = method_of(label, params)
         declared = _declared_cost(METHODS.get(name), params, layer)
-        own[label] = _work(declared)
+        own[label] = _method_own_work(declared, layer)
         pending.append((label, list(declared.get("members", ()))))
     for label, members in pending:  # members the table does not run itself, once each
         while members:
@@ -159,7 +169,7 @@ def heatmap_work(methods: dict[str, dict], layer: dict) -> tuple[Work, dict[str,
                 continue
             seen.add(key)
             declared = _declared_cost(METHODS.get(name), params, layer)
-            own[label] += _work(declared)
+            own[label] += _method_own_work(declared, layer)
             members += list(declared.get("members", ()))
     return Work(forward=1, backward=int(gradients)), own
 
@@ -293,15 +303,14 @@ def _prepared_info(path: Path, split: str, note: str) -> DataInfo:
 def _standin_info(ds: dict, split: str, seed: int) -> DataInfo:
     """The counts of a stand-in, and its item shape and classes from a one-per-class copy prepared
     as the workflow prepares it (resize and crop included)."""
-    from .data import FORMATS, prepare, standin_format, standin_writes_masks
-    from .pipeline import generate_standin
+    from .data import FORMATS, prepare, standin_format, standin_writes_masks, write_standin
     spec = copy.deepcopy(ds["standin"])
     kind, counts = spec["kind"], dict(spec["counts"])
     fmt = standin_format(kind)
     spec["counts"] = {k: 1 for k in counts}
     with tempfile.TemporaryDirectory(prefix="cambench-plan-") as tmp:
         out = Path(tmp) / "standin"
-        generate_standin(out, spec, seed)
+        write_standin(out, spec, seed)
         prepare(fmt, out / "data", Path(tmp) / "dataset.h5",
                 mask_root=out / "masks" if standin_writes_masks(kind) else None, options=ds.get("options"),
                 seed=seed, channels=ds.get("channels", 3), resize=ds.get("resize", 0), crop=ds.get("crop", 0))
@@ -606,7 +615,6 @@ def _model_methods(config: dict, spec: dict) -> dict[str, dict]:
 def plan_model(config: dict, name: str, spec: dict, info: DataInfo, calibration: bool | Calibration,
                threads: int = DEFAULT_THREADS) -> ModelPlan:
     """Work, time and disk of one model (its heatmap and metric jobs, training, SyCAM search)."""
-    from .pipeline import default_target_layer
     spec = {**spec, "target_layer": spec.get("target_layer") or default_target_layer(spec["architecture"])}
     plan = ModelPlan(spec["dataset"], name, spec["architecture"], spec["target_layer"], info)
     if info.shape is None:

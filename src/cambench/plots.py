@@ -12,13 +12,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 import scikit_posthocs as sp  # noqa: E402
+import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from .aggregate import BOX_COLUMNS  # noqa: E402
 from .data import read_dataset  # noqa: E402
@@ -44,7 +44,8 @@ def _pick(labels: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked[:n])
 
 
-def _save(fig, output) -> None:
+def save_figure(fig, output) -> None:
+    """Write ``fig`` as a PNG (atomically) and close it."""
     with atomic_path(output) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -287,7 +288,7 @@ def robustness_curves(summary_csv: str | Path, output: str | Path, metrics: list
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     fig.suptitle(f"{model}: mean and 95 % bootstrap CI against perturbation severity", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
-    _save(fig, output)
+    save_figure(fig, output)
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def critical_difference(friedman_csv: str | Path, posthoc_csv: str | Path, outpu
     fig.suptitle(f"{model}, clean images: mean rank (1 = best, left); bars join methods the Nemenyi test "
                  f"does not separate (Nemenyi p, family-wise over the metric's pairs, ≥ {alpha:g})", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
-    _save(fig, output)
+    save_figure(fig, output)
 
 
 def rank_heatmap(friedman_csv: str | Path, output: str | Path, condition: str = "clean") -> None:
@@ -438,7 +439,7 @@ def rank_heatmap(friedman_csv: str | Path, output: str | Path, condition: str = 
     fig.suptitle(f"Mean Friedman rank per method and metric, {_condition(perturbation, level)} "
                  "(1 = best; images as blocks)", fontsize=10)
     fig.tight_layout()
-    _save(fig, output)
+    save_figure(fig, output)
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +513,7 @@ def consistency_responsiveness_plane(summary_csv: str | Path, output: str | Path
     fig.suptitle("Consistency (unchanged predictions) against responsiveness (changed predictions): "
                  "mean and 95 % CI", fontsize=10)
     fig.tight_layout()
-    _save(fig, output)
+    save_figure(fig, output)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,7 +548,7 @@ def metric_distributions(box_stats: str | Path, output: str | Path, family: str)
     if not metrics:
         fig, ax = plt.subplots(figsize=(6, 1.5))
         _note(ax, f"no {family} metric in {Path(box_stats).name}")
-        _save(fig, output)
+        save_figure(fig, output)
         return
     rows["condition"] = [_condition(p, v) for p, v in zip(rows["perturbation"], rows["level"])]
     # With several models a method is shown per model (its values differ between models).
@@ -603,4 +604,4 @@ def metric_distributions(box_stats: str | Path, output: str | Path, family: str)
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(conditions), fontsize=8,
                frameon=False, title=f"{family}: per-image values per method and condition",
                title_fontproperties={"size": 10})
-    _save(fig, output)
+    save_figure(fig, output)

@@ -11,6 +11,9 @@ either an interval (``[``/``]`` closed, ``(``/``)`` open, ``inf`` for no end, ``
 only, ``each`` for every element of a list) or a literal string choice. ``None`` passes only where the
 parameter's default is None. What one parameter's bound cannot say (finercam's base must read the
 target) goes in a ``check_params=fn(params)`` hook of the registration, which raises ValueError.
+
+A method or metric whose definition or default is our reading, not the paper's, says what in
+``our_reading="..."`` on its registration (the verdict's caveats read it; docs/methods.md §6).
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ class Entry:
                     raise ParamError(f"{loc}parameter '{name}' of {self.kind} '{self.name}' must be {problem}, "
                                      f"got {value!r}", name)
                 continue
-            expected = _kind_of(allowed[name])
+            expected = param_kind(allowed[name])
             wrong = expected and value is not None and (
                 not isinstance(value, expected[1])
                 or (isinstance(value, bool) and bool not in expected[1]))  # True is no number
@@ -98,8 +101,8 @@ class Entry:
         return self.meta.get("kind", "entry")
 
 
-def _kind_of(default) -> tuple[str, tuple] | None:
-    """What a parameter accepts, judged by its default (None or no default: anything)."""
+def param_kind(default) -> tuple[str, tuple] | None:
+    """What a parameter accepts, judged by its default (None or no default: anything): (words, types)."""
     if isinstance(default, bool):
         return "true or false", (bool,)
     if isinstance(default, (int, float)):
@@ -111,6 +114,7 @@ def _kind_of(default) -> tuple[str, tuple] | None:
     if isinstance(default, dict):
         return "a mapping", (dict,)
     return None
+
 
 
 _INTERVAL = re.compile(r"^(each )?(int )?([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
@@ -161,7 +165,8 @@ def check_bound(spec, value) -> str:
     for a in alts:
         if a[0] == "interval":
             kind = "integer" if a[2] else "number"
-            parts.append(f"a non-empty list of {kind}s in {a[7]}" if a[1] else f"{'an' if a[2] else 'a'} {kind} in {a[7]}")
+            article = "an" if a[2] else "a"
+            parts.append(f"a non-empty list of {kind}s in {a[7]}" if a[1] else f"{article} {kind} in {a[7]}")
     return " or ".join(parts)
 
 

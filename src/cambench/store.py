@@ -360,8 +360,8 @@ def _virtual_dataset(group: h5py.Group, name: str, layout: h5py.VirtualLayout) -
     dcpl.set_obj_track_times(False)
     space = h5py.h5s.create_simple(layout.shape, layout.maxshape)
     parent = group.require_group(name.rsplit("/", 1)[0]) if "/" in name else group
-    dsid = h5py.h5d.create(parent.id, name=name.rsplit("/", 1)[-1].encode(), tid=h5py.h5t.py_create(layout.dtype, logical=1),
-                           space=space, dcpl=dcpl)
+    dsid = h5py.h5d.create(parent.id, name=name.rsplit("/", 1)[-1].encode(),
+                           tid=h5py.h5t.py_create(layout.dtype, logical=1), space=space, dcpl=dcpl)
     return h5py.Dataset(dsid)
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import html
 import io
 import logging
-import re
 import zipfile
 from pathlib import Path
 
@@ -208,20 +207,10 @@ def identity_note(group: list[str], methods: dict | None = None) -> str:
 
 # ------------------------------------------------------------------------------------ our reading
 
-def our_reading(readme_text: str = "") -> set[str]:
-    """Registered method and metric names that are our reading: a registry summary that says so, or a
-    row of README's "CAM methods" or "Metrics" table that says so (there a parameter or default may be
-    the part that is our reading)."""
-    names = {n for registry in (METHODS, METRICS) for n in registry.names()
-             if "our reading" in registry.get(n).meta.get("summary", "").lower()}
-    section = ""
-    for line in readme_text.splitlines():
-        if line.startswith("## "):
-            section = line[3:].strip()
-        elif section in ("CAM methods", "Metrics") and line.startswith("|") and "our reading" in line.lower():
-            cells = line.split("|")
-            names |= set(re.findall(r"`([a-z0-9_]+)`", cells[1] + (cells[2] if section == "Metrics" else "")))
-    return names
+def our_reading() -> set[str]:
+    """Registered method and metric names whose method or default is our reading: their registration
+    says what (``our_reading=...``; docs/methods.md §6)."""
+    return {n for registry in (METHODS, METRICS) for n in registry.names() if registry.get(n).meta.get("our_reading")}
 
 
 # ------------------------------------------------------------------------------------ the verdict
@@ -322,7 +311,7 @@ def verdict_table(summary: pd.DataFrame, posthoc: pd.DataFrame, alpha: float = 0
                 caveats.append(f"no {test} rows in the post-hoc table: no pair was tested")
             read_methods = sorted(m for m in shown if name_of.get(m, m) in reading)
             if read_methods:
-                caveats.append("our reading (README, 'Defaults that are our reading'): method(s) "
+                caveats.append("our reading (docs/methods.md §6): method(s) "
                                + ", ".join(read_methods))
             read_metrics = [m for m in metrics if m in reading]
             if read_metrics:
@@ -430,8 +419,7 @@ def verdict_summary_html(table: pd.DataFrame) -> str:
 
 
 def write_verdict(summary_csv: str | Path, posthoc_csv: str | Path, heatmaps: dict, outputs: dict,
-                  alpha: float = 0.05, standin: dict | None = None, methods: dict | None = None,
-                  readme: str | Path | None = None) -> pd.DataFrame:
+                  alpha: float = 0.05, standin: dict | None = None, methods: dict | None = None) -> pd.DataFrame:
     """The rule: ``heatmaps`` (dataset, model) -> clean heatmap file; ``outputs`` csv, html, summary paths."""
     for path in (summary_csv, posthoc_csv):
         if not Path(path).is_file():
@@ -441,9 +429,8 @@ def write_verdict(summary_csv: str | Path, posthoc_csv: str | Path, heatmaps: di
         identities[key] = identical_map_groups(path)
         notes[key] = [identity_note(g, methods) for g in identities[key]]
         log.info("%s / %s: identical maps %s", *key, identities[key])
-    readme_text = Path(readme).read_text(encoding="utf-8") if readme and Path(readme).is_file() else ""
     table = verdict_table(pd.read_csv(summary_csv), pd.read_csv(posthoc_csv), alpha, identities, standin,
-                          our_reading(readme_text), methods)
+                          our_reading(), methods)
     with atomic_path(outputs["csv"]) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     with atomic_path(outputs["html"]) as tmp:

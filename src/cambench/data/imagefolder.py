@@ -17,8 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import write_dataset
-from .formats import (DataError, Prepared, ReadContext, attach_masks, read_image_files, read_source,
-                      register_format, sha256_file)
+from .formats import (
+    DataError,
+    Prepared,
+    ReadContext,
+    attach_masks,
+    read_image_files,
+    read_source,
+    register_format,
+    sha256_file,
+)
 from .synthetic import SHAPES, generate_shapes
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from .formats import DataError, Prepared, ReadContext, read_image_files, register_format, require, sha256_file
 from .imagefolder import IMAGE_SUFFIXES
 from .preprocess import boxes_mask, geometry, transform_boxes
-from .synthetic import SHAPES, _draw_object, _saturated
+from .synthetic import SHAPES, draw_object, saturated_colour
 
 LAYOUT = ("<root>/<wnid>/<stem>.JPEG or <root>/<stem>.JPEG, boxes in <root>/LOC_val_solution.csv "
           "(ImageId,PredictionString) or <root>/annotations/[<wnid>/]<stem>.xml (Pascal VOC)")
@@ -237,9 +237,9 @@ def render_image(rng: np.random.Generator, shape: str, height: int, width: int,
         r = rng.uniform(0.12, 0.28) * min(height, width)
         cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
         angle = rng.uniform(0, 2 * np.pi)
-        _draw_object(draw, shape, cx, cy, r, angle, _saturated(rng))
+        draw_object(draw, shape, cx, cy, r, angle, saturated_colour(rng))
         footprint = Image.new("L", (width, height), 0)
-        _draw_object(ImageDraw.Draw(footprint), shape, cx, cy, r, angle, 255)
+        draw_object(ImageDraw.Draw(footprint), shape, cx, cy, r, angle, 255)
         rows, cols = np.nonzero(np.asarray(footprint))
         boxes.append((int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())))
     arr = np.asarray(image, np.float32) + rng.normal(0, 6, (height, width, 3))

@@ -35,8 +35,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             for i in range(k)]
 
 
-def _draw_object(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
-                 angle: float, fill) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+                angle: float, fill) -> None:
+    """Draw one planted object of ``SHAPES`` centred at (cx, cy) with radius r (also the ImageNet stand-in's)."""
     if shape == "disk":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif shape == "ring":
@@ -50,7 +51,8 @@ def _draw_object(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r:
         draw.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
 
 
-def _saturated(rng: np.random.Generator) -> tuple[int, int, int]:
+def saturated_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A random saturated, bright RGB colour (objects and clutter stand out from the background)."""
     r, g, b = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.65, 1.0))
     return int(r * 255), int(g * 255), int(b * 255)
 
@@ -73,19 +75,19 @@ def render(shape: str, rng: np.random.Generator, size: int = 64, scale: tuple[fl
         if rng.uniform() < 0.6:
             length, phi = rng.uniform(0.15, 0.45) * size, rng.uniform(0, 2 * math.pi)
             draw.line([x0, y0, x0 + length * math.cos(phi), y0 + length * math.sin(phi)],
-                      fill=_saturated(rng), width=int(rng.integers(1, 3)))
+                      fill=saturated_colour(rng), width=int(rng.integers(1, 3)))
         else:
             rad = rng.uniform(1.0, 2.2)
-            draw.ellipse([x0 - rad, y0 - rad, x0 + rad, y0 + rad], fill=_saturated(rng))
+            draw.ellipse([x0 - rad, y0 - rad, x0 + rad, y0 + rad], fill=saturated_colour(rng))
     # The object, fully inside the image.
     r = rng.uniform(*scale) * size  # radius as a fraction of the image side
     r = min(r, size / 2 - 2)
     cx, cy = rng.uniform(r + 1, size - r - 1, 2)
     angle = rng.uniform(0, 2 * math.pi)
-    colour = _saturated(rng)
-    _draw_object(draw, shape, cx, cy, r, angle, colour)
+    colour = saturated_colour(rng)
+    draw_object(draw, shape, cx, cy, r, angle, colour)
     mask_img = Image.new("L", (size, size), 0)
-    _draw_object(ImageDraw.Draw(mask_img), shape, cx, cy, r, angle, 255)
+    draw_object(ImageDraw.Draw(mask_img), shape, cx, cy, r, angle, 255)
     arr = np.asarray(img, dtype=np.float32) / 255
     arr = arr + rng.normal(0, noise, arr.shape)
     arr = (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -50,11 +50,11 @@ def load_nifti(path: str | Path, *, canonical: bool = True) -> tuple[np.ndarray,
     ``canonical=False``: the array as stored (axes i, j, k, affine ignored) and the header zooms
     in that order — for masks defined on another reader's voxel order.
     """
-    data, spacing, _ = _load_nifti(path, canonical=canonical)
+    data, spacing, _ = load_nifti_oriented(path, canonical=canonical)
     return data, spacing
 
 
-def _load_nifti(path: str | Path, canonical: bool = True):
+def load_nifti_oriented(path: str | Path, canonical: bool = True):
     """:func:`load_nifti` plus the file's orientation codes (e.g. ('L', 'P', 'S'))."""
     nib = _nibabel()
     path = Path(path)

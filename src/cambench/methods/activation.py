@@ -47,12 +47,14 @@ def principal_projection(acts: Tensor, centre: bool = True, sign_correction: boo
 
 
 @register_method("eigencam", needs_gradients=False, reads_target=False, cost={},
+                 our_reading="sign_correction (on by default)",
                  summary="Eigen-CAM: projection on the first principal component (class-agnostic)")
 def eigencam(x: CamInputs, centre: bool = True, sign_correction: bool = True) -> Tensor:
     return principal_projection(x.activations, centre, sign_correction)
 
 
 @register_method("eigengradcam", reads_target=True, cost={},
+                 our_reading="sign_correction (on by default)",
                  summary="Eigen-Grad-CAM: Eigen-CAM of gradient x activation")
 def eigengradcam(x: CamInputs, centre: bool = True, sign_correction: bool = True) -> Tensor:
     return principal_projection(x.gradients * x.activations, centre, sign_correction)

@@ -57,6 +57,7 @@ def _deletion_drops(x: CamInputs, maps: Tensor, rows: Tensor, fraction: float) -
                  # the exit maps of the class index; only invert "auto" scores the target (the polarity)
                  reads_target=lambda p: str(p.get("invert", "true")).lower() == "auto",
                  applies=lambda model, params: hasattr(model, "exit_maps") and hasattr(model, "aggregate"),
+                 our_reading="multi-class exits (the paper's have one channel) and invert 'auto'",
                  summary="AME-CAM: attention-weighted aggregation of a multi-exit model's exit maps "
                          "(needs architecture 'multi_exit_cnn' with a trained aggregator)")
 def amecam(x: CamInputs, invert: str = "true", include_exits: bool = True, auto_fraction: float = 0.2) -> Tensor:

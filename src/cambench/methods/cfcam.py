@@ -243,6 +243,7 @@ def cfcam_weights(activations: Tensor, gradients: Tensor, importance_percentile:
                  # the code divides the up-sampled ReLU map by its max: the engine's 'max' scaling
                  scaling=lambda p: "max" if p.get("normalise", "code") == "code" else "minmax",
                  reads_target=True, cost={},  # clustering on the shared gradients: no model pass
+                 our_reading="filter 'gaussian' (the default, 'code', is the authors' code)",
                  summary="CF-CAM: DBSCAN channel clusters, filtered cluster gradients, softmax weights")
 def cfcam(x: CamInputs, importance_percentile: float = 75, eps_percentile: float = 25,
           min_samples_fraction: float = 0.05, filter: str = "code", sigma_s: float = 5.0,

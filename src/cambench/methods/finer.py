@@ -129,6 +129,7 @@ def _retargeted(x: CamInputs, target_fn, with_gradients: bool) -> CamInputs:
                  cost=_cost, channel_weights=lambda p: bool(METHODS.get(p["base"]).declared(
                      "channel_weights", p.get("base_params") or {}, False)),
                  scaling=lambda p: scaling_of(METHODS.get(p["base"]), p.get("base_params") or {}),  # the base's
+                 our_reading="weighting 'uniform' (the default, 'repo', is the authors' code)",
                  summary="Finer-CAM: a base CAM of the target's contrast with its most similar classes")
 def finercam(x: CamInputs, base: str = "gradcam", alpha: float = 1.0, reference_ranks: list = (1, 2, 3),
              weighting: str = "repo", base_params: dict | None = None) -> Tensor:

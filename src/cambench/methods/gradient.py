@@ -78,6 +78,7 @@ TORCHCAM_NORM_EPS = 1e-8  # torchcam's epsilon in _CAM._normalize
 @register_method("layercam_ms", bounds={"fusion": LAYERCAM_FUSIONS, "gamma": "(0, inf)"},
                  reads_target=True, extra_layers=lambda p: list(p["layers"]), cost={},
                  raw_resolution=lambda p: list(p["layers"]),  # fused at the finest of these and the target
+                 our_reading="fusion 'max' (each map ÷ its max, tanh γ on the shallower, max) as the paper's Eq. 9",
                  summary="LayerCAM fused over several layers from one backward pass")
 def layercam_ms(x: CamInputs, layers: list = (), fusion: str = "max", gamma: float = 2.0) -> Tensor:
     """Fuse the target layer's LayerCAM with those of ``layers`` (usually shallower stages).

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import METHODS, CamError, CamInputs, Targets, explain_many, register_method
-from ..metrics import METRICS, MetricInputs, evaluate
+from ..metrics import INPUT_FIELDS, METRICS, evaluate
 from ..metrics.road import percentile
 from ..registry import UnknownNameError, nested_params
 
@@ -105,15 +105,12 @@ def _extra_layers(params: dict) -> list[str]:
 
 def _cost(params: dict, layer: dict) -> dict:
     """Model work per image (cambench.plan): the components, computed once per batch and shared with
-    the same methods of the table ('members'), and with adaptive k the metric of each k of the grid."""
+    the same methods of the table ('members'), and with adaptive k one call of the metric per k of the
+    grid, which the planner counts by the metric's own declaration."""
     work: dict = {"members": _component_spec(params["components"], params["component_params"])}
     if params["k"] == "adaptive":
-        from ..plan import metric_work  # the metric's own declaration; the planner imports this module
-        inputs = set(MetricInputs.__dataclass_fields__)
-        metric = metric_work(params["metric"], {k: v for k, v in (params["metric_params"] or {}).items()
-                                                if k not in inputs}, layer)
-        work.update(forward=len(params["k_grid"]) * metric.forward, head=len(params["k_grid"]) * metric.head,
-                    backward=len(params["k_grid"]) * metric.backward)
+        metric_params = {k: v for k, v in (params["metric_params"] or {}).items() if k not in INPUT_FIELDS}
+        work["metric_calls"] = [(params["metric"], metric_params, len(params["k_grid"]))]
     return work
 
 
@@ -177,8 +174,8 @@ def _resolve_metric(metric: str, metric_params) -> tuple[dict, bool]:
     except UnknownNameError as err:
         raise CamError(f"metacam: {err}") from None
     params = dict(metric_params or {})
-    # MetricInputs fields a caller may pass (memory_mb, fill, ...); the rest come from the batch
-    fields = set(MetricInputs.__dataclass_fields__) - {"images", "heatmaps", "targets", "model", "predictions"}
+    # Metric input keywords a caller may pass (memory_mb, fill, ...); the rest come from the batch
+    fields = INPUT_FIELDS - {"images", "heatmaps", "targets", "model", "predictions"}
     try:
         entry.check_params({k: v for k, v in params.items() if k not in fields})
     except ValueError as err:
@@ -224,8 +221,9 @@ def select_k(values: Tensor, k_selection: str = "same_image", higher_is_better: 
                  needs_gradients=_needs_gradients, extra_layers=_extra_layers, cost=_cost,
                  raw_resolution="input",  # the consensus of post-processed maps (the heatmap file's /raw)
                  check_params=nested_params("metric_params", METRICS, "metric", "road_combined",
-                                            ignore=lambda name: name in MetricInputs.__dataclass_fields__),
+                                            ignore=lambda name: name in INPUT_FIELDS),
                  reads_target=False,  # components come from the session's own inputs (x.method_map)
+                 our_reading="all of it: the gated-mean consensus and each image's adaptive k by ROAD",
                  summary="MetaCAM (our reading): consensus of the top-k % pixels of several CAMs")
 def metacam(x: CamInputs, components: list = DEFAULT_COMPONENTS, component_params: dict | None = None,
             consensus: str = "gated_mean", k: float | str = DEFAULT_K, k_grid: list = K_GRID,

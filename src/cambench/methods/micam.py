@@ -53,6 +53,7 @@ def mutual_information(a: Tensor, b: Tensor, bins: int, normalised: bool = False
 
 @register_method("micam", bounds={"bins": "int [2, inf)", "pair": MICAM_PAIRS},
                  needs_gradients=False, reads_target=False, cost={}, channel_weights=True,  # histograms only
+                 our_reading="all of it: bins 32, unnormalised MI, map vs image, unnormalised weights",
                  summary="MI-CAM: channel weights = mutual information of each up-sampled map with the image "
                          "(class-agnostic)")
 def micam(x: CamInputs, bins: int = 32, normalised: bool = False, pair: str = "map_vs_image",

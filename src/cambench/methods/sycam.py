@@ -1,6 +1,6 @@
 """SyCAM: channel weights from a synthesised expression over CAM terminals (docs/methods.md §2.14).
 
-The grammar, the evaluator and the search live in :mod:`cambench.synthesis`; this module only
+The grammar, the evaluator and the search live in :mod:`cambench.sycam`; this module only
 registers the method. Everything here is [our-reading] (the paper's code is not public).
 """
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..engine import CamError, CamInputs, register_method
-from ..synthesis import TERMINALS, TerminalSet, evaluate_expression, resolve_expression, uses_gradients
+from ..sycam import TERMINALS, TerminalSet, evaluate_expression, resolve_expression, uses_gradients
 
 DEFAULT_EXPRESSION = "gradcam"
 
@@ -45,8 +45,8 @@ def sycam(x: CamInputs, expression: str = DEFAULT_EXPRESSION, chunk_size: int = 
     """Weights w = e(terminals) (N, K) for the grammar expression ``expression`` [our-reading].
 
     ``expression`` is grammar text such as ``"relu(gradcam) * act_mean + 0.5"`` (see
-    :mod:`cambench.synthesis`), or ``"file:<path>"`` naming a file written by
-    :func:`cambench.synthesis.write_expression` (e.g. the search's winner). Only the terminals the
+    :mod:`cambench.sycam`), or ``"file:<path>"`` naming a file written by
+    :func:`cambench.sycam.write_expression` (e.g. the search's winner). Only the terminals the
     expression uses are computed; ``score`` and ``ablation`` cost about K model evaluations,
     chunked by ``chunk_size`` (0: from the memory budget). The default ``"gradcam"`` reproduces
     Grad-CAM exactly.

@@ -16,7 +16,7 @@ The axioms are the paper's; these measurable forms are our reading (its statisti
 The signed maps, target logits and channel weights are read from the heatmap file when the
 caller passes them (``raw``, ``scores``, ``weights``; the workflow does), else the method is re-run.
 ``dS_k`` and ``S_k`` depend on the model and images only, so they are computed once per image set
-and shared by every method (``MetricInputs.cache``); ``dS_k`` replays only the part of the model
+and shared by every method (``TableContext.cache``); ``dS_k`` replays only the part of the model
 after the target layer, for all (image, channel) rows in chunks.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from torch import Tensor
 from ..engine import capture, method_terms
 from ..methods.perturbation import ablated_scores
 from ..utils import eval_mode
-from . import MetricInputs, register_metric, table_cached
+from .base import MetricInputs, register_metric, table_cached
+from .similarities import pearson
 
 _SCORE_EPS = 1e-12
 
@@ -37,13 +38,14 @@ def _terms(x: MetricInputs) -> tuple[Tensor, Tensor | None, Tensor]:
     heatmap file when given (``raw``, ``scores``, ``weights``), else recomputed by the engine."""
     if x.raw is not None and x.scores is not None:
         return x.scores.double(), None if x.weights is None else x.weights.double(), x.raw.double()
-    if x.method is None or x.target_layer is None:
+    ctx = x.context
+    if ctx.method is None or ctx.target_layer is None:
         raise ValueError("axiom metrics need method, method_params and target_layer (or raw and scores)")
-    net = x.original_model
+    net = ctx.original_model
     scores, weights, signed = [], [], []
-    for i in range(0, x.images.shape[0], x.batch_size):
-        inputs, w, m = method_terms(net, x.images[i:i + x.batch_size], x.method, x.method_params,
-                                    x.target_layer, x.targets[i:i + x.batch_size], x.memory_mb)
+    for i in range(0, x.images.shape[0], ctx.batch_size):
+        inputs, w, m = method_terms(net, x.images[i:i + ctx.batch_size], ctx.method, ctx.method_params,
+                                    ctx.target_layer, x.targets[i:i + ctx.batch_size], ctx.memory_mb)
         scores.append(inputs.scores.double())
         weights.append(w)
         signed.append(m.double())
@@ -54,26 +56,28 @@ def _terms(x: MetricInputs) -> tuple[Tensor, Tensor | None, Tensor]:
 def channel_terms(x: MetricInputs) -> tuple[Tensor, Tensor]:
     """(dS (N, K), S_k (N, K)): the target logit minus the logit with channel k of the target layer
     set to 0, and the channel sums of the activations. Method-free: computed once per image set."""
-    if x.target_layer is None:
+    ctx = x.context
+    if ctx.target_layer is None:
         raise ValueError("the sensitivity axiom needs target_layer")
-    net = x.original_model
+    net = ctx.original_model
 
     def compute() -> tuple[Tensor, Tensor]:
         drops, sums = [], []
-        for i in range(0, x.images.shape[0], x.batch_size):
+        for i in range(0, x.images.shape[0], ctx.batch_size):
             with eval_mode(net):
-                inputs = capture(net, x.images[i:i + x.batch_size], x.target_layer,
-                                 x.targets[i:i + x.batch_size], need_gradients=False, memory_mb=x.memory_mb)
+                inputs = capture(net, x.images[i:i + ctx.batch_size], ctx.target_layer,
+                                 x.targets[i:i + ctx.batch_size], need_gradients=False, memory_mb=ctx.memory_mb)
                 zeros = inputs.activations.new_zeros(inputs.activations.shape[0])
                 drops.append(inputs.scores.double()[:, None] - ablated_scores(inputs, zeros).double())
                 sums.append(inputs.activations.flatten(2).double().sum(dim=2))
         return torch.cat(drops), torch.cat(sums)
 
-    return table_cached(x, ("channel_terms", x.target_layer), (x.images, net), compute, equal=(x.targets,))
+    return table_cached(x, ("channel_terms", ctx.target_layer), (x.images, net), compute, equal=(x.targets,))
 
 
 @register_metric("conservation_residual", needs=("model", "method"), higher_is_better=False, family="axioms",
                  score="logit", cost={},  # reads the stored signed map and score (cambench.plan)
+                 our_reading="the residual measured, |S − ΣM| / |S| (the axiom is XGrad-CAM's)",
                  summary="|logit - sum of the signed map| / |logit| (XGrad-CAM conservation)")
 def conservation_residual(x: MetricInputs) -> Tensor:
     scores, _, signed = _terms(x)
@@ -97,6 +101,7 @@ def _sensitivity(x: MetricInputs, value) -> tuple[Tensor, Tensor]:
 
 @register_metric("sensitivity_residual", needs=("model", "method"), higher_is_better=False, family="axioms",
                  score="logit", cost=_channel_terms_cost, channel_weights=True,  # rows: those methods only
+                 our_reading="the residual measured, mean_k |ΔS_k − w_k S_k| / |S| (the axiom is XGrad-CAM's)",
                  summary="mean_k |dS_k - w_k S_k| / |logit| (XGrad-CAM sensitivity); channel-weight methods only")
 def sensitivity_residual(x: MetricInputs) -> tuple[Tensor, Tensor]:
     return _sensitivity(x, lambda drops, predicted, scores:
@@ -105,7 +110,7 @@ def sensitivity_residual(x: MetricInputs) -> tuple[Tensor, Tensor]:
 
 @register_metric("sensitivity_correlation", needs=("model", "method"), higher_is_better=True, family="axioms",
                  score="logit", cost=_channel_terms_cost, channel_weights=True,  # rows: those methods only
+                 our_reading="Pearson over channels of ΔS_k and w_k S_k as XGrad-CAM's sensitivity",
                  summary="Pearson correlation over channels of dS_k and w_k S_k; channel-weight methods only")
 def sensitivity_correlation(x: MetricInputs) -> tuple[Tensor, Tensor]:
-    from .robustness import pearson
     return _sensitivity(x, lambda drops, predicted, _: pearson(drops, predicted))

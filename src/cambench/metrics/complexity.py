@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import MetricInputs, register_metric
+from .base import MetricInputs, register_metric
 
 GINI_EPS = 1e-7  # Quantus adds this to every entry, so an all-zero map is uniform (Gini 0)
 

@@ -8,7 +8,7 @@
   (docs/papers.md §12, our reading).
 
 Every composite image is built on the device for the whole batch; model evaluations are chunked
-by :func:`chunk_size`. Images are in pixel space: "the dataset mean colour" (``x.fill``) is RISE's
+by :func:`chunk_size`. Images are in pixel space: "the dataset mean colour" (``x.context.fill``) is RISE's
 and pytorch-grad-cam's zero of the normalised tensor.
 """
 from __future__ import annotations
@@ -20,8 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import (SCORES, MetricInputs, batched_logits, chunk_size, model_logits, register_metric, table_cached,
-               target_scores)
+from .base import (
+    SCORES,
+    MetricInputs,
+    batched_logits,
+    chunk_size,
+    model_logits,
+    register_metric,
+    table_cached,
+    target_scores,
+)
 
 SUBSTRATES = ("mean", "zero", "blur")
 BLUR_PADDINGS = ("mean", "reflect")
@@ -46,7 +54,7 @@ def _scores_of(logits: Tensor, score: str) -> Tensor:
 
 def _fill_of(x: MetricInputs) -> tuple[Tensor, ...]:
     """The fill colour as a cache condition (the modified images depend on it), when there is one."""
-    return (x.fill,) if x.fill is not None else ()
+    return (x.context.fill,) if x.context.fill is not None else ()
 
 
 def saliency_rank(heatmaps: Tensor) -> Tensor:
@@ -83,7 +91,7 @@ def composite_outputs(x: MetricInputs, base: Tensor, replacement: Tensor, counts
     steps = counts.numel()
     pairs = n * steps
     # per pair: the mask, one gathered copy per full-size operand, and the composite
-    step_size = chunk_size(c * p * flat.element_size() * (2 + base_full + replacement_full), x.memory_mb)
+    step_size = chunk_size(c * p * flat.element_size() * (2 + base_full + replacement_full), x.context.memory_mb)
     out = None
     for start in range(0, max(pairs, 1), step_size):  # an empty batch still yields the read-out's shape
         pair = torch.arange(start, min(start + step_size, pairs), device=flat.device)
@@ -91,7 +99,7 @@ def composite_outputs(x: MetricInputs, base: Tensor, replacement: Tensor, counts
         taken = (rank[img] < counts[t, None]).unsqueeze(1)          # (B, 1, P)
         batch = torch.where(taken, replacement[img] if replacement_full else replacement,
                             base[img] if base_full else base).view((-1,) + shape)
-        values = read(x.model(batch), img)
+        values = read(x.context.model(batch), img)
         if out is None:
             out = torch.empty((pairs,) + tuple(values.shape[1:]), device=flat.device, dtype=torch.float32)
         out[pair] = values.float()
@@ -177,16 +185,16 @@ def _substrate(x: MetricInputs, substrate: str, blur_padding: str, metric: str,
     if substrate not in allowed:
         raise ValueError(f"{metric}: {param} must be one of {tuple(allowed)}, got {substrate!r}")
     if substrate == "mean":
-        if x.fill is None:
+        if x.context.fill is None:
             raise ValueError(f"{metric}: {param} 'mean' needs the dataset mean colour (fill)")
-        return x.fill
+        return x.context.fill
     if substrate == "zero":
         return torch.zeros(c, device=x.images.device)
     if blur_padding not in BLUR_PADDINGS:
         raise ValueError(f"{metric}: blur_padding must be one of {BLUR_PADDINGS}, got {blur_padding!r}")
-    if blur_padding == "mean" and x.fill is None:
+    if blur_padding == "mean" and x.context.fill is None:
         raise ValueError(f"{metric}: the blur substrate with blur_padding 'mean' needs the dataset mean colour (fill)")
-    return rise_blur(x.images, x.fill, blur_padding)
+    return rise_blur(x.images, x.context.fill, blur_padding)
 
 
 def _check_steps(steps: int, metric: str) -> None:
@@ -263,7 +271,7 @@ def explanation_scores(x: MetricInputs, multiply_space: str, score: str, metric:
     """Target scores Y (N,) of the images and O (N,) of the explanation images E = L ⊙ x.
 
     ``multiply_space='normalised'`` multiplies the model's normalised tensor, as pytorch-grad-cam
-    and torchcam do; with the dataset normalisation (mean = ``x.fill``) that is
+    and torchcam do; with the dataset normalisation (mean = ``x.context.fill``) that is
     ``fill + L * (x - fill)`` in pixel space. ``'pixel'`` multiplies the image, as the Grad-CAM++
     paper: ``L * x``.
     """
@@ -271,18 +279,18 @@ def explanation_scores(x: MetricInputs, multiply_space: str, score: str, metric:
     _check_score(score, metric)
     if multiply_space not in MULTIPLY_SPACES:
         raise ValueError(f"{metric}: multiply_space must be one of {MULTIPLY_SPACES}, got {multiply_space!r}")
-    if multiply_space == "normalised" and x.fill is None:
+    if multiply_space == "normalised" and x.context.fill is None:
         raise ValueError(f"{metric}: multiply_space 'normalised' needs the dataset mean colour (fill)")
 
     def explained_logits() -> Tensor:
         maps = x.heatmaps.unsqueeze(1).to(x.images)
         if multiply_space == "normalised":
-            centre = x.fill.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
+            centre = x.context.fill.to(x.images).view((1, -1) + (1,) * (x.images.ndim - 2))
             return batched_logits(x, centre + maps * (x.images - centre))
         return batched_logits(x, maps * x.images)
 
     # average_drop, increase_in_confidence and average_gain read the same two sets of logits
-    explained = table_cached(x, ("explanation_logits", multiply_space), (x.heatmaps, x.images, x.model),
+    explained = table_cached(x, ("explanation_logits", multiply_space), (x.heatmaps, x.images, x.context.model),
                              explained_logits, equal=_fill_of(x))
     return (target_scores(model_logits(x), x.targets, score).float(),
             target_scores(explained, x.targets, score).float())
@@ -353,6 +361,7 @@ average_gain.__doc__ = f"""Average Gain, the later papers' "Average Increase" va
                          "reference_class": REFERENCE_CLASSES, "score": SCORES},
                  needs=("model",), higher_is_better=True, family="faithfulness",
                  cost=lambda p, layer: [_IMAGE_LOGITS, {"forward": len(p["fractions"])}],
+                 our_reading="Finer-CAM's RD@5 %: mean-colour mask, reference class rank 1, absolute differences",
                  summary="Finer-CAM RD: target score drop minus reference-class drop after masking the top 5 % "
                          "(our reading)")
 def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = "mean",
@@ -369,9 +378,9 @@ def relative_drop(x: MetricInputs, fractions: list = (0.05,), mask_value: str = 
     (default, the dataset mean colour = 0 in normalised space, as the re-implementations) or
     'zero' (black). ``reference_class``: 'rank1' (default: the highest-scoring class other than
     the target on the clean image, Finer-CAM's most similar class) or 'mean_top3' (the mean
-    drop of the three highest non-target classes; with fewer classes, all of them). docs/metrics.md §4
-    calls this key ``rd.reference``; here it is ``reference_class`` because ``reference`` is the
-    metric inputs' clean-heatmap field. ``score``: 'prob' (default) or 'logit'.
+    drop of the three highest non-target classes; with fewer classes, all of them; docs/metrics.md §4).
+    The key is ``reference_class``, not ``reference``, which is the metric inputs' clean-heatmap field.
+    ``score``: 'prob' (default) or 'logit'.
     """
     metric = "relative_drop"
     x.require("model", metric=metric)
@@ -425,14 +434,15 @@ def _ablation_logits(x: MetricInputs, threshold: float, substrate: str, blur_pad
 
     # ablation_drop and ablation_flip read the same logits
     key = ("ablation_logits", threshold, substrate, blur_padding)
-    return model_logits(x), table_cached(x, key, (x.heatmaps, x.images, x.model), ablated_logits, equal=_fill_of(x))
+    return model_logits(x), table_cached(x, key, (x.heatmaps, x.images, x.context.model), ablated_logits,
+                                         equal=_fill_of(x))
 
 
 _DOC_ABLATION = """
     The region R is the pixels (voxels) whose map value is >= ``threshold`` (default 0.5) [our
     reading of the paper's AP-feature extraction]. R is filled with ``substrate``: 'blur'
     (default; the same Gaussian-blurred image as the insertion substrate, ``blur_padding`` as
-    there) or 'mean' (the dataset mean colour); docs/papers.md §12 calls this key ``accident.fill``.
+    there) or 'mean' (the dataset mean colour); see docs/papers.md §12.
 """
 
 
@@ -443,6 +453,7 @@ def _ablation_cost(p: dict, layer: dict) -> list:
 
 @register_metric("ablation_area", bounds={"threshold": "[0, 1]"},
                  needs=(), higher_is_better=None, family="faithfulness",
+                 our_reading="the street-scene region (map >= 0.5)",
                  summary="fraction of the image whose map is >= threshold (street-scene ablated region)")
 def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
     """Street-scene ablation measure, area part [our reading, docs/papers.md §12]: the fraction of
@@ -455,6 +466,7 @@ def ablation_area(x: MetricInputs, threshold: float = 0.5) -> Tensor:
 @register_metric("ablation_drop", cost=_ablation_cost, bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
                          "blur_padding": BLUR_PADDINGS, "score": SCORES},
                  needs=("model",), higher_is_better=True, family="faithfulness",
+                 our_reading="the street-scene region (map >= 0.5) and its blur fill",
                  summary="target score before minus after filling the map's region >= threshold")
 def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blur", blur_padding: str = "mean",
                   score: str = "prob") -> Tensor:
@@ -466,6 +478,7 @@ def ablation_drop(x: MetricInputs, threshold: float = 0.5, substrate: str = "blu
 @register_metric("ablation_flip", cost=_ablation_cost, bounds={"threshold": "[0, 1]", "substrate": ("blur", "mean"),
                          "blur_padding": BLUR_PADDINGS},
                  needs=("model",), higher_is_better=True, family="faithfulness",
+                 our_reading="the street-scene region (map >= 0.5) and its blur fill",
                  summary="1 if filling the map's region >= threshold moves the prediction off the target")
 def ablation_flip(x: MetricInputs, threshold: float = 0.5, substrate: str = "blur",
                   blur_padding: str = "mean") -> tuple[Tensor, Tensor]:

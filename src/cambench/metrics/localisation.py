@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import MetricInputs, register_metric
+from .base import MetricInputs, register_metric
 
 
 def peak_coordinates(maps: Tensor) -> Tensor:
@@ -23,7 +23,8 @@ def peak_coordinates(maps: Tensor) -> Tensor:
 
 @register_metric("pointing_game", bounds={"tolerance_px": "[0, inf)"},
                  needs=("masks",), higher_is_better=True, aggregate="class_mean",
-                 family="localisation", summary="hit if a ground-truth pixel lies within the tolerance of the map's peak")
+                 family="localisation",
+                 summary="hit if a ground-truth pixel lies within the tolerance of the map's peak")
 def pointing_game(x: MetricInputs, tolerance_px: float = 15.0) -> tuple[Tensor, Tensor]:
     x.require("masks", metric="pointing_game")
     if tolerance_px < 0:
@@ -426,6 +427,7 @@ def _box_params(params: dict, inputs: set[str]) -> dict:
 
 @register_metric("box_iou", bounds={"threshold": "(0, 1]", "gt_box": GT_BOXES},
                  needs=("masks",), higher_is_better=True, family="localisation", resolve_params=_box_params,
+                 our_reading="Grad-CAM's box localisation: the 15 % threshold, the largest component, the mask's box",
                  summary="IoU of the box around the largest component of the map above 0.15 x max with the "
                          "ground-truth boxes of the label class (or the mask's box)")
 def box_iou(x: MetricInputs, threshold: float = 0.15, connectivity: int | None = None,
@@ -579,6 +581,7 @@ def surface_hd95(prediction: Tensor, truth: Tensor, connectivity: int | None = N
 @register_metric("hd95", bounds={"threshold": THRESHOLDS, "fraction": "(0, 1]", "top_percent": "(0, 100]",
                                  "bins": "int [2, inf)", "one_empty": "[0, inf)", "empty_masks": ("skip", "score")},
                  needs=("masks",), higher_is_better=False, family="localisation",
+                 our_reading="AME-CAM's HD95: medpy's surfaces and its empty-mask constants",
                  summary="95th percentile Hausdorff distance (px) of the thresholded map's and the mask's surfaces")
 def hd95(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_percent: float = 20.0,
          bins: int = 256, connectivity: int | None = None, one_empty: float = 373.12866,
@@ -602,7 +605,7 @@ def hd95(x: MetricInputs, threshold: str = "frac", fraction: float = 0.5, top_pe
     ndim = _spatial_ndim(x.heatmaps, "hd95")
     _neighbourhood_rank(connectivity, ndim, 1, "hd95")
     selected = binarise(x.heatmaps, threshold, fraction, top_percent, int(bins))
-    values = surface_hd95(selected, x.masks.bool(), connectivity, 95.0, float(one_empty), x.memory_mb)
+    values = surface_hd95(selected, x.masks.bool(), connectivity, 95.0, float(one_empty), x.context.memory_mb)
     applies = masks.any(dim=1) if empty_masks == "skip" else torch.ones(masks.shape[0], dtype=torch.bool,
                                                                            device=masks.device)
     return values.float(), applies

@@ -28,8 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import (SCORES, MetricInputs, chunk_size, model_logits, model_scores, register_metric, table_cached,
-               target_scores)
+from .base import (
+    SCORES,
+    MetricInputs,
+    chunk_size,
+    model_logits,
+    model_scores,
+    register_metric,
+    table_cached,
+    target_scores,
+)
 
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 EDGE_WEIGHT, DIAGONAL_WEIGHT = 1 / 6, 1 / 12   # reference imputer's neighbour weights (2D)
@@ -323,7 +331,7 @@ def road_scores(x: MetricInputs, orders: Sequence[str], percentiles: Sequence[fl
                 metric: str = "road") -> tuple[Tensor, Tensor]:
     """Target scores (N, len(orders), Q) of the imputed images, and (N,) 'imputation defined'.
 
-    All (image, order, percentile) rows are imputed and scored in chunks sized by ``x.memory_mb``.
+    All (image, order, percentile) rows are imputed and scored in chunks sized by ``x.context.memory_mb``.
     Noise is drawn once per call from a CPU ``torch.Generator`` seeded with ``seed``: one field per
     (order, percentile) shared by all images, and one tie-breaking field for the ranking. An
     image's value therefore depends neither on the rest of the batch, nor on chunking or device.
@@ -347,7 +355,7 @@ def road_scores(x: MetricInputs, orders: Sequence[str], percentiles: Sequence[fl
     n_orders, n_q = len(orders), q.numel()
     rows = n * n_orders * n_q
     per_row = images[0].numel() * images.element_size() * ROAD_MEMORY_FACTOR
-    step = chunk_size(per_row, x.memory_mb)
+    step = chunk_size(per_row, x.context.memory_mb)
     out = torch.empty(rows, device=images.device, dtype=torch.float32)
     defined = torch.ones(rows, device=images.device, dtype=torch.bool)
     for start in range(0, rows, step):
@@ -364,7 +372,7 @@ def road_scores(x: MetricInputs, orders: Sequence[str], percentiles: Sequence[fl
         ok = torch.isfinite(filled.flatten(1)).all(dim=1)
         if not bool(ok.all()):
             filled = torch.where(ok.view((-1,) + (1,) * (filled.ndim - 1)), filled, source)
-        out[row] = model_scores(x.model, filled, x.targets[img], score).float()
+        out[row] = model_scores(x.context.model, filled, x.targets[img], score).float()
         defined[row] = ok
     return out.view(n, n_orders, n_q), defined.view(n, -1).all(dim=1)
 
@@ -389,7 +397,7 @@ def _value(x: MetricInputs, orders: Sequence[str], metric: str, params: dict) ->
         scores, defined = road_scores(x, ORDERS, metric=metric, **params)
         return scores.mean(dim=2), defined  # (N, [morf, lerf])
 
-    mean, defined = table_cached(x, ("road", repr(sorted(params.items()))), (x.heatmaps, x.images, x.model),
+    mean, defined = table_cached(x, ("road", repr(sorted(params.items()))), (x.heatmaps, x.images, x.context.model),
                                  both_orders)
     if orders == ("morf",) or orders == ("lerf",):
         original = target_scores(model_logits(x), x.targets, params["score"]).float()

@@ -33,9 +33,9 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import resolve_layer
-from . import MetricInputs, explained_batches, per_method_values, register_metric, table_cached
-from .robustness import SIMILARITIES
-from .robustness import similarity as map_similarity
+from .base import MetricInputs, explained_batches, per_method_values, register_metric, table_cached
+from .similarities import SIMILARITIES
+from .similarities import similarity as map_similarity
 
 SCOPES = ("all", "above", "below")
 log = logging.getLogger(__name__)
@@ -93,14 +93,15 @@ def randomised_copy(model: nn.Module, layers: list[str], seed: int) -> nn.Module
                  needs=("model", "method"), higher_is_better=False, family="sanity",
                  # one engine pass of every method of the table on the randomised copy (cambench.plan)
                  cost=lambda p, layer: {"explain": 1, "per": "table", "once": ("mprt", repr(sorted(p.items())))},
-                 summary="similarity of the heatmap to the one of a cascade-randomised model (lower = passes the sanity check)")
+                 summary="similarity of the heatmap to the one of a cascade-randomised model "
+                         "(lower = passes the sanity check)")
 def mprt(x: MetricInputs, depth: int = 0, scope: str = "all", similarity: str = "spearman_abs",
          top_percent: float = 20.0, seed: int = 0) -> tuple[Tensor, Tensor]:
     x.require("method", metric="mprt")
     if depth < 0:
         raise ValueError(f"mprt: depth must be >= 0 (0 = every layer), got {depth}")
-    net = x.original_model
-    order = cascade_order(net, x.target_layer, scope)
+    net = x.context.original_model
+    order = cascade_order(net, x.context.target_layer, scope)
     layers = order[:depth] if depth else order
     randomised = table_cached(x, ("mprt_model", tuple(layers), seed), (net,),
                               lambda: randomised_copy(net, layers, seed).eval())

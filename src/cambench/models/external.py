@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Entry
-from . import ARCHITECTURES, Normalize
+from .base import ARCHITECTURES, Normalize
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,12 @@ def resolve_architecture(name: str) -> Entry:
     if name in ARCHITECTURES or ":" not in name:
         return ARCHITECTURES.get(name)
     return _external_entry(name)
+
+
+def default_target_layer(architecture: str) -> str:
+    """The layer an architecture's maps are computed at unless the config names one ('' for a
+    'module:function' model, which must name it)."""
+    return resolve_architecture(architecture).meta.get("default_target_layer", "")
 
 
 # --------------------------------------------------------------------------------------------

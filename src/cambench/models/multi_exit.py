@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..utils import upsample
-from . import ARCHITECTURES, Normalize, run_epochs
+from .base import ARCHITECTURES, Normalize
+from .training import run_epochs
 
 NORM_OFFSET = 1e-5   # the code's min-max: (M - min + 1e-5) / (max - min + 1e-5)
 COS_CLAMP = (0.0005, 0.9995)  # the code clamps every cosine similarity into this range
@@ -255,9 +256,9 @@ def train_multi_exit(model: nn.Module, images: Tensor, labels: Tensor, *, epochs
     def step(x: Tensor, idx: Tensor) -> tuple[Tensor, dict]:
         y = labels[idx]
         logits = model.exit_logits(x)                                   # (B, L, n_classes)
-        per_exit = torch.stack([F.cross_entropy(logits[:, l], y) for l in range(model.n_exits)])
+        per_exit = torch.stack([F.cross_entropy(logits[:, e], y) for e in range(model.n_exits)])
         correct = (logits.detach().argmax(2) == y[:, None]).sum(0)
-        stats = {f"accuracy_exit{l + 1}": int(correct[l]) for l in range(model.n_exits)}
+        stats = {f"accuracy_exit{e + 1}": int(correct[e]) for e in range(model.n_exits)}
         stats["train_accuracy"] = int(correct[-1])
         return (weights * per_exit).sum(), stats
 

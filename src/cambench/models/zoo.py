@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from . import ARCHITECTURES, Normalize, _block
+from .base import ARCHITECTURES, Normalize, conv_block
 
 
 def _widths(name: str, widths: Sequence[int], pools: int) -> list[int]:
@@ -217,7 +217,7 @@ class AttentionModule(nn.Module):
 def _small_trunk(in_channels: int, widths: list[int], pools: int, dims: int = 2) -> nn.Sequential:
     """small_cnn's trunk (2D or 3D): conv 3x3 + BN + ReLU blocks, a 2x max-pool after each of the
     first ``pools`` blocks."""
-    block, pool = (_block, nn.MaxPool2d) if dims == 2 else (_block3d, nn.MaxPool3d)
+    block, pool = (conv_block, nn.MaxPool2d) if dims == 2 else (_block3d, nn.MaxPool3d)
     layers, c_in = OrderedDict(), in_channels
     for i, width in enumerate(widths, start=1):
         layers[f"block{i}"] = block(c_in, width)
