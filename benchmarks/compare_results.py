@@ -7,7 +7,8 @@ Compares, exactly (NaN equal to NaN):
   columns (docs/outputs.md §2.2);
 * every dataset of every HDF5 file (heatmaps, perturbed images, data sets; docs/outputs.md §3), and the
   files' attributes except provenance, which records the commit and the time;
-* every CSV under ``tables/`` and ``summary.csv``.
+* every CSV under ``tables/`` but the run's timings (``lineage.csv``, ``runtimes.csv``, the
+  ``train_seconds`` of ``models.csv``).
 Prints one line per kind of file and exits 1 on the first kind with a difference.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 VOLATILE_ATTRS = {"provenance"}  # commit, time, package versions: differ between any two runs
+TIMING_TABLES = {"lineage.csv", "runtimes.csv"}  # start times and durations
+TIMING_COLUMNS = {"train_seconds"}
 
 
 def _equal_arrays(a: np.ndarray, b: np.ndarray) -> bool:
@@ -59,6 +62,7 @@ def compare_h5(before: Path, after: Path) -> list[str]:
 
 def _sorted_frame(path: Path) -> pd.DataFrame:
     frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    frame = frame.drop(columns=[c for c in frame.columns if c in TIMING_COLUMNS])
     keys = [c for c in ("dataset", "model", "kind", "level", "metric", "method", "image_id") if c in frame]
     return frame.sort_values(keys or list(frame.columns)).reset_index(drop=True) if len(frame) else frame
 
@@ -72,12 +76,11 @@ def compare_tables(before: Path, after: Path) -> list[str]:
 
 
 def compare(before: Path, after: Path) -> int:
-    kinds = {"metric partitions": "metrics/**/*.parquet", "HDF5 files": "**/*.h5",
-             "tables": "tables/*.csv", "summary": "summary.csv"}
+    kinds = {"metric partitions": "metrics/**/*.parquet", "HDF5 files": "**/*.h5", "tables": "tables/*.csv"}
     status = 0
     for kind, pattern in kinds.items():
-        names = {p.relative_to(before) for p in before.glob(pattern)}
-        other = {p.relative_to(after) for p in after.glob(pattern)}
+        names = {p.relative_to(before) for p in before.glob(pattern) if p.name not in TIMING_TABLES}
+        other = {p.relative_to(after) for p in after.glob(pattern) if p.name not in TIMING_TABLES}
         diffs = [f"only in one run: {sorted(map(str, names ^ other))[:5]}"] if names != other else []
         compare_one = compare_h5 if kind == "HDF5 files" else compare_tables
         for name in sorted(names & other):

@@ -59,12 +59,16 @@ def test_snakemake_records_are_found_also_for_long_paths(tmp_path):
 def test_lineage_and_runtimes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     meta = tmp_path / ".snakemake/metadata"
-    for name, rule, start, end in [("a.csv", "stats", 0.0, 2.0), ("b.csv", "stats", 5.0, 9.0),
-                                   ("c.png", "plot", 1.0, 1.5), ("d.png", "plot", 1.0, 1.5)]:
+    for name, rule, start, end, source in [("a.csv", "stats", 0.0, 2.0, "in.parquet"),
+                                           ("b.csv", "stats", 5.0, 9.0, "in.parquet"),
+                                           ("c.png", "plot", 1.0, 1.5, "in.parquet"),
+                                           ("d.png", "plot", 1.0, 1.5, "in.parquet"),
+                                           ("e.h5", "join", 3.0, 3.2, "e/shard-0.h5"),
+                                           ("f.h5", "join", 3.0, 3.2, "f/shard-0.h5")]:
         (tmp_path / name).write_text(name)
-        _record(meta, name, rule=rule, input=["in.parquet"], starttime=start, endtime=end)
+        _record(meta, name, rule=rule, input=[source], starttime=start, endtime=end)
     (tmp_path / "orphan.txt").write_text("made by hand")
-    jobs = lineage(["a.csv", "b.csv", "c.png", "d.png", "orphan.txt"], meta)
+    jobs = lineage(["a.csv", "b.csv", "c.png", "d.png", "e.h5", "f.h5", "orphan.txt"], meta)
     by = {j["output"]: j for j in jobs}
     assert by["a.csv"]["rule"] == "stats" and by["a.csv"]["seconds"] == 2.0 and by["a.csv"]["inputs"] == ["in.parquet"]
     assert by["a.csv"]["sha256"] == sha256_file("a.csv") and by["a.csv"]["bytes"] == 5
@@ -72,7 +76,8 @@ def test_lineage_and_runtimes(tmp_path, monkeypatch):
     runtimes = {r["rule"]: r for r in rule_runtimes(jobs)}
     assert runtimes["stats"] == {"rule": "stats", "jobs": 2, "total_s": 6.0, "mean_s": 3.0, "max_s": 4.0}
     assert runtimes["plot"]["jobs"] == 1  # one job with two outputs counts once
-    assert list(runtimes) == ["stats", "plot"]  # most time first
+    assert runtimes["join"]["jobs"] == 2  # two jobs that started and ended in the same second count twice
+    assert list(runtimes) == ["stats", "plot", "join"]  # most time first
 
 
 def test_embedded_provenance_is_json_never_evaluated(tmp_path):

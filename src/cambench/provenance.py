@@ -183,7 +183,9 @@ def rule_runtimes(jobs: list[dict]) -> list[dict]:
     by_rule: dict[str, list[float]] = {}
     seen = set()
     for job in jobs:
-        key = (job["rule"], job["started"], job["finished"])  # a job with several outputs counts once
+        # A job with several outputs counts once. Times have one-second resolution, so two jobs of a rule
+        # can share them: the inputs and log tell them apart.
+        key = (job["rule"], tuple(job["inputs"]), tuple(job["log"]), job["started"], job["finished"])
         if job["seconds"] is None or key in seen:
             continue
         seen.add(key)
