@@ -101,23 +101,25 @@ def perturbed_input(wildcards):
     return targets.perturbed_input(config, *_level_wildcards(wildcards), wildcards.shard) or []
 
 
-def level_of(wildcards):
+def _in_workflow(target_function, *args):
+    """A cambench.targets call whose ValueError (a path outside the config: a level not in the sweep, a
+    model under another data set) stops the run as Snakemake's own error."""
     try:
-        return targets.level_of(config, wildcards.perturbation, wildcards.level)
+        return target_function(*args)
     except ValueError as err:
         raise WorkflowError(str(err)) from None
+
+
+def level_of(wildcards):
+    return _in_workflow(targets.level_of, config, wildcards.perturbation, wildcards.level)
 
 
 def model_spec(wildcards):
-    try:
-        return targets.model_spec(config, wildcards.dataset, wildcards.model)
-    except ValueError as err:
-        raise WorkflowError(str(err)) from None
+    return _in_workflow(targets.model_spec, config, wildcards.dataset, wildcards.model)
 
 
 def heatmap_inputs(wildcards):
-    model_spec(wildcards)  # a model of another dataset: a WorkflowError
-    return targets.heatmap_inputs(config, *_level_wildcards(wildcards), wildcards.shard)
+    return _in_workflow(targets.heatmap_inputs, config, *_level_wildcards(wildcards), wildcards.shard)
 
 
 def heatmap_methods(wildcards, input):

@@ -72,7 +72,6 @@ from .counter_rng import (
     counter_normal,
     counter_poisson,
     perturbation_keys,
-    string_key,  # noqa: F401  (re-exported: cambench.data keys image ids with it)
     uniform,
 )
 from .registry import Registry

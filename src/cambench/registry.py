@@ -116,7 +116,6 @@ def param_kind(default) -> tuple[str, tuple] | None:
     return None
 
 
-
 _INTERVAL = re.compile(r"^(each )?(int )?([\[(])\s*([^,]+?)\s*,\s*([^,]+?)\s*([\])])$")
 
 

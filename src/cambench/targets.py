@@ -279,9 +279,7 @@ def provenance_inputs(config: dict, metrics_csv: bool) -> list[str]:
 
 def model_method_names(config: dict, model: str) -> list[str]:
     """Labels and registered names of the methods a model runs (an alias label counts as its method)."""
-    methods = config["cam"]["methods"]
-    chosen = config["models"][model].get("methods") or list(methods)
-    return [n for label in chosen for n in {label, method_of(label, methods[label])[0]}]
+    return [n for label, params in model_methods(config, model).items() for n in {label, method_of(label, params)[0]}]
 
 
 def paper_selection(config: dict) -> dict[str, list[str]]:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..perturbations import string_key
+from ..counter_rng import string_key
 from ..utils import atomic_path, json_attribute
 from .formats import DataError, Prepared
 
